@@ -1,0 +1,1 @@
+//! Depth pruning backend: drop attention and MLP sub-blocks (see issue 3).

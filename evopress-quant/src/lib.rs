@@ -1,0 +1,1 @@
+//! GPTQ variant database and bit-width search backend (not yet implemented).

@@ -1,0 +1,1 @@
+//! SparseGPT variant database and sparsity search backend (not yet implemented).
