@@ -1,17 +1,21 @@
 //! evopress-core: everything between a model file and a fitness number.
 //!
-//! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`]: loading real models;
+//! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
-//! - [`data`]: text files to token windows, perplexity;
-//! - [`search`]: the evolutionary search, which knows nothing about transformers.
+//! - [`data`]: text files to token windows, perplexity.
 
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod load;
+pub mod model;
 pub mod source;
 pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
+pub use load::{load_model, LoadedModel, ModelSource};
+pub use model::{BlockPlan, Model};
 pub use source::TensorSource;

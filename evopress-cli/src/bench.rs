@@ -1,0 +1,95 @@
+//! `evopress bench ...`: speed measurements whose numbers go into reports (never into tests).
+
+use anyhow::{Context, Result};
+use evopress_core::{load_model, BlockPlan, Model};
+use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Tokens/s and effective GFLOP/s of the dense forward pass (logits for every position).
+    Forward(ForwardArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ForwardArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Timed repetitions (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(c: Command) -> Result<()> {
+    match c {
+        Command::Forward(a) => forward(a),
+    }
+}
+
+/// FLOPs of one forward over `t` tokens: 2 per multiply-add in every linear and the LM head,
+/// plus causal attention's two `t x t/2` products per head.
+fn forward_flops(m: &Model, t: usize) -> f64 {
+    let c = &m.config;
+    let linear = (c.linear_params_per_block() * c.num_hidden_layers + c.vocab_size * c.hidden_size) as f64;
+    let attn = (c.num_hidden_layers * c.num_attention_heads * c.head_dim) as f64 * (t * (t + 1)) as f64 * 2.0;
+    2.0 * linear * t as f64 + attn
+}
+
+fn forward(a: ForwardArgs) -> Result<()> {
+    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let model = &loaded.model;
+    let vocab = model.vocab_size() as u32;
+    // Deterministic pseudo-text: the speed of a dense forward does not depend on the ids.
+    let tokens: Vec<u32> = (0..a.seq_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let plan = vec![BlockPlan::FULL; model.layers.len()];
+    let run_once = || -> Result<f64> {
+        let t0 = Instant::now();
+        let h = model.hidden_states(&Cpu, &tokens, 1, &plan)?;
+        std::hint::black_box(model.lm_head(&Cpu, &h));
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    run_once()?;
+    let mut times = (0..a.iters.max(1)).map(|_| run_once()).collect::<Result<Vec<_>>>()?;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let threads = rayon::current_num_threads();
+    let tokens_per_s = a.seq_len as f64 / median;
+    let gflops = forward_flops(model, a.seq_len) / median / 1e9;
+    let ceiling = fma_ceiling_gflops(threads);
+    let peak_rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seq_len": a.seq_len, "threads": threads, "median_seconds": median,
+                "tokens_per_second": tokens_per_s, "gflops": gflops,
+                "fma_ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling,
+                "peak_rss_mb": peak_rss_mb,
+            })
+        );
+    } else {
+        println!(
+            "forward L={} threads={threads}: {tokens_per_s:.1} tokens/s, {gflops:.1} GFLOP/s \
+             ({:.0}% of the measured FMA ceiling {ceiling:.1} GFLOP/s), median {median:.3}s",
+            a.seq_len,
+            100.0 * gflops / ceiling
+        );
+        if let Some(mb) = peak_rss_mb {
+            println!("peak RSS {mb:.0} MB");
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), if available.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

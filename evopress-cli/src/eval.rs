@@ -1,0 +1,70 @@
+//! `evopress eval`: perplexity of a model on text files.
+
+use crate::progress;
+use anyhow::{Context, Result};
+use evopress_core::data::{self, TokenizedFile};
+use evopress_core::{load_model, BlockPlan};
+use evopress_kernels::cpu::Cpu;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A `.gguf` file or an HF directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text files; windows are cut from each file in order.
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Number of windows to score (default: all).
+    #[arg(long)]
+    windows: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let tokenizer = loaded.tokenizer()?;
+    let files = a
+        .data
+        .iter()
+        .map(|p| TokenizedFile::read(p, tokenizer))
+        .collect::<Result<Vec<_>, _>>()?;
+    let windows = data::windows(&files, a.seq_len, a.windows)?;
+    let plan = vec![BlockPlan::FULL; loaded.model.layers.len()];
+    let bar = progress::bar(windows.len(), "windows", a.json);
+    let t1 = Instant::now();
+    let sum = data::perplexity(&loaded.model, &Cpu, &windows, &plan, |i| bar.set_position(i as u64))?;
+    bar.finish_and_clear();
+    let seconds = t1.elapsed().as_secs_f64();
+    if a.json {
+        let out = serde_json::json!({
+            "model": a.model,
+            "data": a.data,
+            "seq_len": a.seq_len,
+            "windows": windows.len(),
+            "perplexity": sum.perplexity(),
+            "nll": sum.nll / sum.tokens as f64,
+            "tokens_scored": sum.tokens,
+            "seconds": seconds,
+            "load_seconds": (t1 - t0).as_secs_f64(),
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "perplexity {:.4} over {} tokens ({} windows of {}) in {:.1}s",
+            sum.perplexity(),
+            sum.tokens,
+            windows.len(),
+            a.seq_len,
+            seconds
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `evopress generate`: greedy decoding with a KV cache.
+
+use anyhow::{Context, Result};
+use evopress_core::{load_model, BlockPlan};
+use evopress_kernels::cpu::Cpu;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A `.gguf` file or an HF directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Print the new token ids and timing as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let tok = loaded.tokenizer()?;
+    let model = &loaded.model;
+    let prompt = tok.encode(&a.prompt)?;
+    let plan = vec![BlockPlan::FULL; model.layers.len()];
+    let t0 = Instant::now();
+    let ids = model.generate(&Cpu, &prompt, a.max_tokens, model.config.eos_token_id, &plan)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let text = tok.decode(&ids)?;
+    if a.json {
+        let out = serde_json::json!({
+            "prompt_ids": prompt,
+            "new_ids": ids,
+            "new_text": text,
+            "seconds": seconds,
+            "tokens_per_second": ids.len() as f64 / seconds,
+        });
+        println!("{out}");
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}{}", a.prompt, text)?;
+        eprintln!("{} tokens in {:.2}s ({:.1} tokens/s)", ids.len(), seconds, ids.len() as f64 / seconds);
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Text files to token windows, and perplexity over them.
+//!
+//! The protocol is the original EvoPress's (and the reference numbers' in ASSETS.md): tokenize
+//! each file whole with no BOS and no special tokens, cut non-overlapping windows of `L` tokens
+//! from the start (the tail is dropped), score every token but the first of each window, and
+//! report `exp` of the mean natural-log NLL over all scored tokens.
+
+use crate::error::{Error, Result};
+use crate::model::{BlockPlan, Model};
+use crate::tokenizer::Tokenizer;
+use evopress_kernels::Device;
+use std::path::{Path, PathBuf};
+
+/// A tokenized text file.
+#[derive(Clone, Debug)]
+pub struct TokenizedFile {
+    pub path: PathBuf,
+    pub tokens: Vec<u32>,
+}
+
+impl TokenizedFile {
+    pub fn read(path: &Path, tokenizer: &Tokenizer) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Ok(TokenizedFile {
+            path: path.into(),
+            tokens: tokenizer.encode(&text)?,
+        })
+    }
+}
+
+/// The first `limit` (or all) non-overlapping windows of `seq_len` tokens over `files`, taken
+/// file by file in order. A file too short for one window is an error naming it, as is asking
+/// for more windows than the files hold.
+pub fn windows(files: &[TokenizedFile], seq_len: usize, limit: Option<usize>) -> Result<Vec<&[u32]>> {
+    if seq_len < 2 {
+        return Err(Error::Invalid(format!(
+            "sequence length {seq_len} is too short: at least 2 tokens are needed to score one"
+        )));
+    }
+    let mut out = Vec::new();
+    for f in files {
+        if f.tokens.len() < seq_len {
+            return Err(Error::Invalid(format!(
+                "{}: the text has {} tokens, shorter than one window of {seq_len}",
+                f.path.display(),
+                f.tokens.len()
+            )));
+        }
+        out.extend(f.tokens.chunks_exact(seq_len));
+    }
+    if let Some(n) = limit {
+        if n > out.len() {
+            return Err(Error::Invalid(format!(
+                "asked for {n} windows of {seq_len} tokens but the data holds only {}",
+                out.len()
+            )));
+        }
+        out.truncate(n);
+    }
+    Ok(out)
+}
+
+/// Sum of negative log-likelihoods and the number of tokens they cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NllSum {
+    pub nll: f64,
+    pub tokens: usize,
+}
+
+impl NllSum {
+    pub fn add(&mut self, other: NllSum) {
+        self.nll += other.nll;
+        self.tokens += other.tokens;
+    }
+    pub fn perplexity(&self) -> f64 {
+        (self.nll / self.tokens as f64).exp()
+    }
+}
+
+/// Rows of the LM head computed at once: bounds the logits buffer to `rows * vocab` floats.
+const HEAD_CHUNK_ROWS: usize = 128;
+
+/// NLL of `window[1..]` given its prefixes, with sub-blocks run according to `plan`.
+pub fn window_nll<D: Device>(
+    model: &Model,
+    dev: &D,
+    window: &[u32],
+    plan: &[BlockPlan],
+) -> Result<NllSum> {
+    let hidden = model.hidden_states(dev, window, 1, plan)?;
+    let h = model.hidden_size();
+    let vocab = model.vocab_size();
+    let scored = window.len() - 1;
+    let mut sum = NllSum::default();
+    for start in (0..scored).step_by(HEAD_CHUNK_ROWS) {
+        let end = (start + HEAD_CHUNK_ROWS).min(scored);
+        let logits = model.lm_head(dev, &hidden[start * h..end * h]);
+        sum.nll += evopress_kernels::cpu::reduce::log_softmax_nll(&logits, vocab, &window[start + 1..end + 1]);
+    }
+    sum.tokens = scored;
+    Ok(sum)
+}
+
+/// Perplexity over windows, calling `progress` after each one.
+pub fn perplexity<D: Device>(
+    model: &Model,
+    dev: &D,
+    windows: &[&[u32]],
+    plan: &[BlockPlan],
+    mut progress: impl FnMut(usize),
+) -> Result<NllSum> {
+    let mut total = NllSum::default();
+    for (i, w) in windows.iter().enumerate() {
+        total.add(window_nll(model, dev, w, plan)?);
+        progress(i + 1);
+    }
+    Ok(total)
+}

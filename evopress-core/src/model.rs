@@ -1,0 +1,494 @@
+//! The decoder forward pass, written once over [`Device`] for every supported architecture.
+//!
+//! Llama, Mistral, Qwen2 and Phi-3 are the same computation:
+//!
+//! ```text
+//! h = embed(tokens)
+//! for each block:
+//!     h = h + o_proj(attention(rope(q_proj(rms(h))), rope(k_proj(rms(h))), v_proj(rms(h))))
+//!     h = h + down_proj(silu(gate_proj(rms(h))) * up_proj(rms(h)))
+//! logits = lm_head(rms(h))
+//! ```
+//!
+//! They differ only in how tensors are stored (Phi-3 fuses q/k/v and gate/up: we keep row
+//! views into the fused tensor, never copies), whether q/k/v carry biases (Qwen2), and whether
+//! the LM head is the embedding table (tied).
+//!
+//! Depth pruning needs no weights changed: a [`BlockPlan`] says which sub-blocks run, and a
+//! skipped sub-block contributes nothing to the residual stream (its norm is skipped too).
+
+use crate::config::{Arch, ModelConfig};
+use crate::error::{Error, Result};
+use crate::source::TensorSource;
+use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
+
+/// A linear layer `y = x·Wᵀ (+ b)`, `W` being `[out, in]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    pub fn out_features(&self) -> usize {
+        self.weight.rows
+    }
+
+    fn forward<D: Device>(&self, dev: &D, x: &[f32], out: &mut [f32]) {
+        dev.matmul_wt(x, &self.weight, out);
+        if let Some(b) = &self.bias {
+            dev.add_bias(out, b);
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// One decoder block: pre-norm attention then pre-norm SwiGLU MLP, each on the residual.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub input_layernorm: Vec<f32>,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Vec<f32>,
+    pub mlp: Mlp,
+}
+
+/// Which sub-blocks of one block run. Depth pruning turns them off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockPlan {
+    pub attn: bool,
+    pub mlp: bool,
+}
+
+impl BlockPlan {
+    pub const FULL: BlockPlan = BlockPlan {
+        attn: true,
+        mlp: true,
+    };
+}
+
+/// Keys and values of every past position, per layer, for one sequence (greedy decoding).
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            keys: vec![Vec::new(); n_layers],
+            values: vec![Vec::new(); n_layers],
+            len: 0,
+        }
+    }
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Tokens laid out as `batch` sequences of `seq` tokens each, all starting at position `pos0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub batch: usize,
+    pub seq: usize,
+    pub pos0: usize,
+}
+
+impl Layout {
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub embed_tokens: Weight,
+    pub layers: Vec<Block>,
+    pub norm: Vec<f32>,
+    /// The output projection; for tied models it shares the embedding's storage.
+    pub lm_head: Weight,
+    rope: RopeTable,
+}
+
+/// The longest context we precompute RoPE tables for; longer inputs are refused clearly.
+const MAX_ROPE_POSITIONS: usize = 1 << 16;
+
+impl Model {
+    /// Assembles the model from any tensor source, checking every tensor's presence and shape
+    /// against the config (errors name the file and tensor).
+    pub fn from_source(config: ModelConfig, src: &dyn TensorSource) -> Result<Model> {
+        let c = &config;
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let q_dim = c.num_attention_heads * c.head_dim;
+        let kv_dim = c.num_key_value_heads * c.head_dim;
+        let take = |name: &str, shape: &[usize]| -> Result<Weight> {
+            let got = src.shape(name).ok_or_else(|| Error::MissingTensor {
+                path: src.path().into(),
+                name: name.into(),
+            })?;
+            if got != shape {
+                return Err(Error::Shape {
+                    path: src.path().into(),
+                    name: name.into(),
+                    expected: shape.to_vec(),
+                    got,
+                });
+            }
+            src.weight(name)
+        };
+        let vector = |name: &str, len: usize| take(name, &[len]).map(|w| w.to_f32_vec());
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: take(&format!("{name}.weight"), &[out, inp])?,
+                bias: if bias {
+                    Some(vector(&format!("{name}.bias"), out)?)
+                } else {
+                    None
+                },
+            })
+        };
+
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (self_attn, mlp) = if c.arch == Arch::Phi3 {
+                let qkv = take(&format!("{p}.self_attn.qkv_proj.weight"), &[q_dim + 2 * kv_dim, h])?;
+                let gate_up = take(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * inter, h])?;
+                let view = |w: &Weight, first, count| Linear {
+                    weight: w.row_slice(first, count),
+                    bias: None,
+                };
+                (
+                    Attention {
+                        q_proj: view(&qkv, 0, q_dim),
+                        k_proj: view(&qkv, q_dim, kv_dim),
+                        v_proj: view(&qkv, q_dim + kv_dim, kv_dim),
+                        o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?,
+                    },
+                    Mlp {
+                        gate_proj: view(&gate_up, 0, inter),
+                        up_proj: view(&gate_up, inter, inter),
+                        down_proj: linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
+                    },
+                )
+            } else {
+                let b = c.attention_bias;
+                (
+                    Attention {
+                        q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, h, b)?,
+                        k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, b)?,
+                        v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, b)?,
+                        o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?,
+                    },
+                    Mlp {
+                        gate_proj: linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
+                        up_proj: linear(&format!("{p}.mlp.up_proj"), inter, h, false)?,
+                        down_proj: linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
+                    },
+                )
+            };
+            layers.push(Block {
+                input_layernorm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+                self_attn,
+                post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                mlp,
+            });
+        }
+
+        let embed_tokens = take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            take("lm_head.weight", &[c.vocab_size, h])?
+        };
+        let rope = RopeTable::new(
+            &c.rope_inv_freq(),
+            c.max_position_embeddings.min(MAX_ROPE_POSITIONS),
+        );
+        Ok(Model {
+            norm: vector("model.norm.weight", h)?,
+            embed_tokens,
+            lm_head,
+            layers,
+            rope,
+            config,
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    /// The longest sequence (positions) the forward pass accepts.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions
+    }
+
+    /// Embedding rows for `tokens`, `[n, hidden]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let h = self.hidden_size();
+        let table = self.embed_tokens.view();
+        let mut out = vec![0f32; tokens.len() * h];
+        for (row, &t) in out.chunks_exact_mut(h).zip(tokens) {
+            if t as usize >= self.vocab_size() {
+                return Err(Error::Invalid(format!(
+                    "token id {t} is out of range for a vocabulary of {}",
+                    self.vocab_size()
+                )));
+            }
+            table.to_f32_into(t as usize * h, row);
+        }
+        Ok(out)
+    }
+
+    /// Runs block `index` in place on the residual stream `h` (`[layout.tokens(), hidden]`).
+    /// With a cache (batch 1), keys and values are appended and attention sees the past.
+    pub fn block_forward<D: Device>(
+        &self,
+        dev: &D,
+        index: usize,
+        h: &mut [f32],
+        layout: Layout,
+        plan: BlockPlan,
+        cache: Option<&mut KvCache>,
+    ) {
+        let block = &self.layers[index];
+        let eps = self.config.rms_norm_eps;
+        let mut normed = vec![0f32; h.len()];
+        if plan.attn {
+            dev.rms_norm(h, &block.input_layernorm, eps, &mut normed);
+            let out = self.attention(dev, index, &normed, layout, cache);
+            dev.add_assign(h, &out);
+        } else if let Some(cache) = cache {
+            // A dropped attention still occupies its cache slots, so every layer's cache
+            // stays the same length: fill them with zeros (never read by this layer).
+            let kv_dim = self.config.num_key_value_heads * self.config.head_dim;
+            cache.keys[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
+            cache.values[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
+        }
+        if plan.mlp {
+            dev.rms_norm(h, &block.post_attention_layernorm, eps, &mut normed);
+            let out = self.mlp(dev, &block.mlp, &normed, layout.tokens());
+            dev.add_assign(h, &out);
+        }
+    }
+
+    fn attention<D: Device>(
+        &self,
+        dev: &D,
+        index: usize,
+        x: &[f32],
+        layout: Layout,
+        cache: Option<&mut KvCache>,
+    ) -> Vec<f32> {
+        let c = &self.config;
+        let attn = &self.layers[index].self_attn;
+        let n = layout.tokens();
+        let (q_dim, kv_dim) = (attn.q_proj.out_features(), attn.k_proj.out_features());
+        let mut q = vec![0f32; n * q_dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        attn.q_proj.forward(dev, x, &mut q);
+        attn.k_proj.forward(dev, x, &mut k);
+        attn.v_proj.forward(dev, x, &mut v);
+
+        let positions: Vec<usize> = (0..layout.batch)
+            .flat_map(|_| layout.pos0..layout.pos0 + layout.seq)
+            .collect();
+        dev.rope(&mut q, c.num_attention_heads, &positions, &self.rope);
+        dev.rope(&mut k, c.num_key_value_heads, &positions, &self.rope);
+
+        let mut ctx = vec![0f32; n * q_dim];
+        let shape = |kv_len| AttnShape {
+            batch: layout.batch,
+            q_len: layout.seq,
+            kv_len,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        match cache {
+            Some(cache) => {
+                assert_eq!(layout.batch, 1, "the KV cache holds one sequence");
+                assert_eq!(layout.pos0, cache.keys[index].len() / kv_dim);
+                cache.keys[index].extend_from_slice(&k);
+                cache.values[index].extend_from_slice(&v);
+                let kv_len = layout.pos0 + layout.seq;
+                dev.attention(
+                    &q,
+                    &cache.keys[index],
+                    &cache.values[index],
+                    &mut ctx,
+                    shape(kv_len),
+                );
+            }
+            None => dev.attention(&q, &k, &v, &mut ctx, shape(layout.seq)),
+        }
+        let mut out = vec![0f32; n * c.hidden_size];
+        attn.o_proj.forward(dev, &ctx, &mut out);
+        out
+    }
+
+    fn mlp<D: Device>(&self, dev: &D, mlp: &Mlp, x: &[f32], n: usize) -> Vec<f32> {
+        let inter = mlp.gate_proj.out_features();
+        let mut gate = vec![0f32; n * inter];
+        let mut up = vec![0f32; n * inter];
+        mlp.gate_proj.forward(dev, x, &mut gate);
+        mlp.up_proj.forward(dev, x, &mut up);
+        dev.silu_mul(&mut gate, &up);
+        let mut out = vec![0f32; n * self.config.hidden_size];
+        mlp.down_proj.forward(dev, &gate, &mut out);
+        out
+    }
+
+    /// Final RMSNorm of the residual stream, `[n, hidden]`.
+    pub fn final_norm<D: Device>(&self, dev: &D, h: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; h.len()];
+        dev.rms_norm(h, &self.norm, self.config.rms_norm_eps, &mut out);
+        out
+    }
+
+    /// Logits `[n, vocab]` of already-normalised hidden states.
+    pub fn lm_head<D: Device>(&self, dev: &D, normed: &[f32]) -> Vec<f32> {
+        let n = normed.len() / self.hidden_size();
+        let mut logits = vec![0f32; n * self.vocab_size()];
+        dev.matmul_wt(normed, &self.lm_head, &mut logits);
+        logits
+    }
+
+    /// Checks a layout against the RoPE table and the plan length.
+    fn check_layout(&self, layout: Layout, plan: &[BlockPlan]) -> Result<()> {
+        if layout.pos0 + layout.seq > self.max_positions() {
+            return Err(Error::Invalid(format!(
+                "sequence of {} positions exceeds the model's {} (max_position_embeddings)",
+                layout.pos0 + layout.seq,
+                self.max_positions()
+            )));
+        }
+        if plan.len() != self.layers.len() {
+            return Err(Error::Invalid(format!(
+                "block plan has {} entries, the model has {} blocks",
+                plan.len(),
+                self.layers.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Final-normed hidden states `[batch * seq, hidden]` of `batch` equal-length sequences
+    /// laid end to end in `tokens`, with sub-blocks run according to `plan`.
+    pub fn hidden_states<D: Device>(
+        &self,
+        dev: &D,
+        tokens: &[u32],
+        batch: usize,
+        plan: &[BlockPlan],
+    ) -> Result<Vec<f32>> {
+        let layout = Layout {
+            batch,
+            seq: tokens.len() / batch.max(1),
+            pos0: 0,
+        };
+        if layout.tokens() != tokens.len() {
+            return Err(Error::Invalid(format!(
+                "{} tokens do not split into {batch} equal sequences",
+                tokens.len()
+            )));
+        }
+        self.check_layout(layout, plan)?;
+        let mut h = self.embed(tokens)?;
+        for (i, &p) in plan.iter().enumerate() {
+            self.block_forward(dev, i, &mut h, layout, p, None);
+        }
+        Ok(self.final_norm(dev, &h))
+    }
+
+    /// Logits `[batch * seq, vocab]` for `batch` equal-length sequences (dense model).
+    pub fn logits<D: Device>(&self, dev: &D, tokens: &[u32], batch: usize) -> Result<Vec<f32>> {
+        let plan = vec![BlockPlan::FULL; self.layers.len()];
+        let h = self.hidden_states(dev, tokens, batch, &plan)?;
+        Ok(self.lm_head(dev, &h))
+    }
+
+    /// Feeds `tokens` after the cached positions and returns the logits of the last one.
+    pub fn step<D: Device>(
+        &self,
+        dev: &D,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        plan: &[BlockPlan],
+    ) -> Result<Vec<f32>> {
+        let layout = Layout {
+            batch: 1,
+            seq: tokens.len(),
+            pos0: cache.len,
+        };
+        self.check_layout(layout, plan)?;
+        let mut h = self.embed(tokens)?;
+        for (i, &p) in plan.iter().enumerate() {
+            self.block_forward(dev, i, &mut h, layout, p, Some(cache));
+        }
+        cache.len += tokens.len();
+        let last = &h[(tokens.len() - 1) * self.hidden_size()..];
+        Ok(self.lm_head(dev, &self.final_norm(dev, last)))
+    }
+
+    /// Greedy decoding: `max_tokens` new ids after `prompt`, stopping early at `stop`.
+    pub fn generate<D: Device>(
+        &self,
+        dev: &D,
+        prompt: &[u32],
+        max_tokens: usize,
+        stop: Option<u32>,
+        plan: &[BlockPlan],
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::Invalid("the prompt encodes to no tokens".into()));
+        }
+        let mut cache = KvCache::new(self.layers.len());
+        let mut logits = self.step(dev, prompt, &mut cache, plan)?;
+        let mut out = Vec::with_capacity(max_tokens);
+        for _ in 0..max_tokens {
+            let next = argmax(&logits) as u32;
+            out.push(next);
+            if Some(next) == stop || out.len() == max_tokens {
+                break;
+            }
+            logits = self.step(dev, &[next], &mut cache, plan)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Index of the largest value (the first one on ties, like torch.argmax on CPU).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
