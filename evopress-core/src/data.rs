@@ -116,3 +116,53 @@ pub fn perplexity<D: Device>(
     }
     Ok(total)
 }
+
+/// How calibration windows are cut from the files' token streams (laid end to end in file
+/// order). Neither adds a BOS token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// Non-overlapping windows from the start.
+    Sequential,
+    /// Windows at uniformly random offsets (seeded; they may overlap), like the original's
+    /// WikiText-2 calibration.
+    Random,
+}
+
+/// `count` calibration windows of `seq_len` tokens.
+pub fn calibration_windows(
+    files: &[TokenizedFile],
+    seq_len: usize,
+    count: usize,
+    sampling: Sampling,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>> {
+    use rand::{Rng, SeedableRng};
+    let stream: Vec<u32> = files.iter().flat_map(|f| f.tokens.iter().copied()).collect();
+    let too_few = || {
+        Error::Invalid(format!(
+            "the calibration files hold {} tokens, too few for {count} windows of {seq_len}",
+            stream.len()
+        ))
+    };
+    if seq_len < 2 || stream.len() < seq_len {
+        return Err(too_few());
+    }
+    match sampling {
+        Sampling::Sequential => {
+            if stream.len() / seq_len < count {
+                return Err(too_few());
+            }
+            Ok(stream.chunks_exact(seq_len).take(count).map(<[u32]>::to_vec).collect())
+        }
+        Sampling::Random => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            Ok((0..count)
+                .map(|_| {
+                    let at = rng.gen_range(0..=stream.len() - seq_len);
+                    stream[at..at + seq_len].to_vec()
+                })
+                .collect())
+        }
+    }
+}

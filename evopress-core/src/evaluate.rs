@@ -1,0 +1,167 @@
+//! Scoring candidate models on calibration tokens, incrementally.
+//!
+//! A search stage scores many candidates on the same token slices. Candidates differ from
+//! the stage's parent only from some block on, so the parent's block inputs (the residual
+//! stream at each block boundary) are computed once per stage and every candidate starts
+//! from the first block where it differs. The result is bit-identical to a full forward:
+//! the skipped prefix is the same computation on the same inputs.
+
+use crate::error::Result;
+use crate::fitness::{DenseTargets, FitnessKind};
+use crate::model::{BlockPlan, Layout, Model};
+use evopress_kernels::Device;
+use std::ops::Range;
+
+/// One piece of a stage's token budget: a prefix of calibration sample `sample`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub sample: usize,
+    pub tokens: Range<usize>,
+}
+
+/// Calibration samples plus the dense model's targets on them.
+pub struct Calibration {
+    pub samples: Vec<Vec<u32>>,
+    pub kind: FitnessKind,
+    pub targets: DenseTargets,
+}
+
+/// Rows of the LM head computed at once (bounds the logits buffer).
+const HEAD_CHUNK_ROWS: usize = 128;
+
+impl Calibration {
+    /// Runs the dense model once over every sample to store its targets. `progress` is called
+    /// after each sample.
+    pub fn new<D: Device>(
+        model: &Model,
+        dev: &D,
+        samples: Vec<Vec<u32>>,
+        kind: FitnessKind,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Self> {
+        let vocab = model.vocab_size();
+        let mut targets = DenseTargets::empty(kind, vocab);
+        if kind != FitnessKind::Ppl {
+            let plan = vec![BlockPlan::FULL; model.layers.len()];
+            for (i, s) in samples.iter().enumerate() {
+                let h = model.hidden_states(dev, s, 1, &plan)?;
+                let scored = s.len() - 1;
+                let logits = model.lm_head(dev, &h[..scored * model.hidden_size()]);
+                targets.push(&logits, vocab);
+                progress(i + 1);
+            }
+        }
+        Ok(Calibration {
+            samples,
+            kind,
+            targets,
+        })
+    }
+
+    pub fn sample_lens(&self) -> Vec<usize> {
+        self.samples.iter().map(Vec::len).collect()
+    }
+
+    /// Summed fitness of the final hidden states `normed[len, hidden]` of a slice, with the
+    /// number of positions scored (`len - 1`: the last position has no next token).
+    fn score_slice<D: Device>(&self, model: &Model, dev: &D, slice: &Slice, normed: &[f32]) -> (f64, usize) {
+        let h = model.hidden_size();
+        let vocab = model.vocab_size();
+        let tokens = &self.samples[slice.sample][slice.tokens.clone()];
+        let scored = tokens.len().saturating_sub(1);
+        let mut sum = 0.0;
+        for start in (0..scored).step_by(HEAD_CHUNK_ROWS) {
+            let end = (start + HEAD_CHUNK_ROWS).min(scored);
+            let logits = model.lm_head(dev, &normed[start * h..end * h]);
+            let pos0 = slice.tokens.start + start;
+            sum += self
+                .targets
+                .score_rows(slice.sample, pos0, &logits, vocab, &tokens[start + 1..end + 1]);
+        }
+        (sum, scored)
+    }
+}
+
+/// The parent's block inputs on a stage's slices: `inputs[slice][block]` is the residual
+/// stream entering `block` (the last entry is the stream leaving the last block). Empty when caching is disabled (then candidates run in full).
+pub struct StageCache {
+    pub slices: Vec<Slice>,
+    inputs: Vec<Vec<Vec<f32>>>,
+}
+
+impl StageCache {
+    /// Bytes a cache for `tokens` positions would take on `model`.
+    pub fn bytes(model: &Model, tokens: usize) -> usize {
+        model.layers.len() * tokens * model.hidden_size() * 4
+    }
+
+    /// Caches the parent's block inputs if they fit in `cap_bytes`.
+    pub fn build<D: Device>(
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        slices: Vec<Slice>,
+        parent: &[BlockPlan],
+        cap_bytes: usize,
+    ) -> Result<Self> {
+        let tokens: usize = slices.iter().map(|s| s.tokens.len()).sum();
+        let mut inputs = Vec::new();
+        if Self::bytes(model, tokens) <= cap_bytes {
+            for s in &slices {
+                let toks = &cal.samples[s.sample][s.tokens.clone()];
+                let layout = Layout {
+                    batch: 1,
+                    seq: toks.len(),
+                    pos0: 0,
+                };
+                let mut h = model.embed(toks)?;
+                let mut per_block = Vec::with_capacity(model.layers.len());
+                for (b, &p) in parent.iter().enumerate() {
+                    per_block.push(h.clone());
+                    model.block_forward(dev, b, &mut h, layout, p, None);
+                }
+                per_block.push(h);
+                inputs.push(per_block);
+            }
+        }
+        Ok(StageCache { slices, inputs })
+    }
+
+    pub fn is_cached(&self) -> bool {
+        !self.inputs.is_empty() || self.slices.is_empty()
+    }
+
+    /// Token-averaged fitness of a candidate (`model` with `plan`) that equals the parent
+    /// before block `first_diff` (`plan.len()` if it equals the parent). Without a cache it
+    /// runs in full.
+    pub fn evaluate<D: Device>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        first_diff: usize,
+    ) -> Result<f64> {
+        let (mut sum, mut count) = (0.0, 0usize);
+        for (i, s) in self.slices.iter().enumerate() {
+            let toks = &cal.samples[s.sample][s.tokens.clone()];
+            let layout = Layout {
+                batch: 1,
+                seq: toks.len(),
+                pos0: 0,
+            };
+            let (mut h, from) = match self.inputs.get(i) {
+                Some(per_block) => (per_block[first_diff].clone(), first_diff),
+                _ => (model.embed(toks)?, 0),
+            };
+            for (b, &p) in plan.iter().enumerate().skip(from) {
+                model.block_forward(dev, b, &mut h, layout, p, None);
+            }
+            let normed = model.final_norm(dev, &h);
+            let (s_sum, s_count) = cal.score_slice(model, dev, s, &normed);
+            sum += s_sum;
+            count += s_count;
+        }
+        Ok(sum / count.max(1) as f64)
+    }
+}
