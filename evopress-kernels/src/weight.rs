@@ -161,7 +161,7 @@ impl Weight {
             });
         }
         let addr = map.as_ptr() as usize + offset;
-        if addr % dtype.size_of() != 0 {
+        if !addr.is_multiple_of(dtype.size_of()) {
             return Err(WeightError::Misaligned {
                 offset,
                 align: dtype.size_of(),

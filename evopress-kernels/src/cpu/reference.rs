@@ -100,3 +100,51 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
         add_assign(row, bias);
     }
 }
+
+/// `log Σ_j e^{row[j]}` in f64.
+fn row_logsumexp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// `Σ_rows −log softmax(row)[target]` in f64.
+pub fn log_softmax_nll(logits: &[f32], vocab: usize, targets: &[u32]) -> f64 {
+    logits
+        .chunks_exact(vocab)
+        .zip(targets)
+        .map(|(row, &t)| row_logsumexp(row) - row[t as usize] as f64)
+        .sum()
+}
+
+/// `log Σ_j e^{row[j]}` per row.
+pub fn logsumexp_rows(logits: &[f32], vocab: usize) -> Vec<f32> {
+    logits
+        .chunks_exact(vocab)
+        .map(|row| row_logsumexp(row) as f32)
+        .collect()
+}
+
+/// `Σ_rows Σ_j p_j (log p_j − log q_j)` with `p = softmax(p_row)`, `q = softmax(q_row)`, in f64.
+pub fn kl_rows(p_logits: &[f32], q_logits: &[f32], vocab: usize) -> f64 {
+    p_logits
+        .chunks_exact(vocab)
+        .zip(q_logits.chunks_exact(vocab))
+        .map(|(x, y)| {
+            let (lx, ly) = (row_logsumexp(x), row_logsumexp(y));
+            x.iter()
+                .zip(y)
+                .map(|(&a, &b)| {
+                    let (lp, lq) = (a as f64 - lx, b as f64 - ly);
+                    lp.exp() * (lp - lq)
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}

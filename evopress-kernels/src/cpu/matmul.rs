@@ -1,0 +1,246 @@
+//! `out[m, n] = x[m, k] · Wᵀ` with `W` row-major `[n, k]` (a linear layer).
+//!
+//! Three paths, chosen by shape and weight dtype:
+//! - **GEMV** (`m <= GEMV_MAX_M`, decode): memory-bound, so the only goal is to stream `W`
+//!   once at full bandwidth. Rayon splits the rows of `W`; each row is dotted with every
+//!   `x` row while it is in L1. f16/bf16 rows are widened into a small per-task buffer.
+//! - **f32 GEMM**: one `gemm::gemm` call. `Wᵀ` is just `W` read with swapped strides (row
+//!   stride 1, column stride `k`), so no transposed copy is made; gemm packs panels itself.
+//! - **f16/bf16 GEMM**: `W` is widened tile by tile (`TILE_ROWS` rows of `W` = a column
+//!   block of the output) into a thread-local f32 buffer and each tile is one single-threaded
+//!   gemm call; rayon runs tiles in parallel. No full f32 copy of the weight ever exists,
+//!   which is what lets mapped bf16 models run in their file size.
+//!
+//! The plain oracle is [`reference::matmul_wt`](super::reference::matmul_wt).
+
+use super::simd::{dot, vectorized};
+use super::SyncPtr;
+use crate::{Weight, WeightView};
+use gemm::Parallelism;
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Up to this many rows of `x` take the GEMV path (weight-streaming beats gemm's packing).
+const GEMV_MAX_M: usize = 4;
+/// Rows of `W` per rayon task in the GEMV path (~1-2 k elements per row: tens of KiB).
+const GEMV_ROWS_PER_TASK: usize = 16;
+/// Rows of `W` widened per task in the f16/bf16 GEMM path: 128 × k=1536 × 4 B = 768 KiB,
+/// about an L2, and enough tasks for 2-16 threads on every Llama projection.
+const TILE_ROWS: usize = 128;
+/// Below this many multiply-adds gemm's own threading costs more than it saves.
+const PARALLEL_MIN_FMAS: usize = 1 << 18;
+
+/// Fast `out = x · Wᵀ`; see the module docs.
+pub fn matmul_wt(x: &[f32], w: &Weight, out: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    // With k == 0 the rows of x carry no data; take m from the output instead.
+    let m = x.len().checked_div(k).unwrap_or(out.len() / n.max(1));
+    assert_eq!(x.len(), m * k, "matmul_wt: x is not [m, {k}]");
+    assert_eq!(out.len(), m * n, "matmul_wt: out is not [m, {n}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let view = w.view();
+    if m <= GEMV_MAX_M {
+        return gemv(x, m, k, view, n, out);
+    }
+    match view {
+        WeightView::F32(wf) => {
+            let par = parallelism(m * n * k);
+            // SAFETY: x is [m, k], wf is [n, k], out is [m, n], all row-major (asserted).
+            unsafe {
+                gemm_abt(
+                    (m, n, k),
+                    (out.as_mut_ptr(), n),
+                    (x.as_ptr(), k),
+                    (wf.as_ptr(), k),
+                    par,
+                )
+            }
+        }
+        _ => gemm_tiled(x, m, k, view, n, out),
+    }
+}
+
+/// Rayon's thread count when the product is big enough to split, else single-threaded.
+fn parallelism(fmas: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if fmas >= PARALLEL_MIN_FMAS && threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst = a · bᵀ`: `dst[i, j] = Σ_l a[i, l] · b[j, l]` for `i < m, j < n, l < k`, with row
+/// strides `ldd`, `lda`, `ldb` and unit column strides. Transposing `b` is only a matter of
+/// the strides handed to gemm, so nothing is copied.
+///
+/// # Safety
+/// `dst` and `a` must address `m` rows and `b` `n` rows of the given strides and length.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_abt(
+    (m, n, k): (usize, usize, usize),
+    (dst, ldd): (*mut f32, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldd as isize,
+        false,
+        a,
+        1,
+        lda as isize,
+        b,
+        ldb as isize,
+        1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// `dst = a · b`: `dst[i, j] = Σ_l a[i, l] · b[l, j]`, row strides as in [`gemm_abt`].
+///
+/// # Safety
+/// `dst` and `a` must address `m` rows and `b` `k` rows of the given strides and length.
+pub(crate) unsafe fn gemm_ab(
+    (m, n, k): (usize, usize, usize),
+    (dst, ldd): (*mut f32, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldd as isize,
+        false,
+        a,
+        1,
+        lda as isize,
+        b,
+        1,
+        ldb as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// Small-`m` path: stream `W` once, rows split across rayon tasks.
+fn gemv(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f32]) {
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let tasks = n.div_ceil(GEMV_ROWS_PER_TASK);
+    let run = |t: usize| {
+        let rows = t * GEMV_ROWS_PER_TASK..((t + 1) * GEMV_ROWS_PER_TASK).min(n);
+        with_tile_buffer(k, |row| {
+            vectorized(|| {
+                for j in rows {
+                    let wj: &[f32] = match w {
+                        WeightView::F32(s) => &s[j * k..(j + 1) * k],
+                        _ => {
+                            widen(w, j * k, row);
+                            row
+                        }
+                    };
+                    for i in 0..m {
+                        let v = dot(&x[i * k..(i + 1) * k], wj);
+                        // SAFETY: (i, j) is inside out, and row j belongs to this task only.
+                        unsafe { *out_ptr.get().add(i * n + j) = v };
+                    }
+                }
+            })
+        })
+    };
+    if n * k >= PARALLEL_MIN_FMAS {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// f16/bf16 GEMM: widen `TILE_ROWS` rows of `W` at a time and gemm each tile on one thread.
+fn gemm_tiled(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f32]) {
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let tasks = n.div_ceil(TILE_ROWS);
+    let run = |t: usize| {
+        let j0 = t * TILE_ROWS;
+        let rows = TILE_ROWS.min(n - j0);
+        with_tile_buffer(rows * k, |tile| {
+            widen(w, j0 * k, tile);
+            // SAFETY: the tile is [rows, k]; output columns j0..j0+rows of every row of out
+            // are written by this task only.
+            unsafe {
+                gemm_abt(
+                    (m, rows, k),
+                    (out_ptr.get().add(j0), n),
+                    (x.as_ptr(), k),
+                    (tile.as_ptr(), k),
+                    Parallelism::None,
+                )
+            }
+        })
+    };
+    if m * n * k >= PARALLEL_MIN_FMAS {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// Converts `out.len()` elements of `w` from `start` to f32. bf16 is a 16-bit shift, written
+/// here so it vectorizes; f16 goes through `half` (F16C when the CPU has it).
+fn widen(w: WeightView<'_>, start: usize, out: &mut [f32]) {
+    match w {
+        WeightView::BF16(s) => {
+            let src: &[u16] = bytemuck::cast_slice::<bf16, u16>(&s[start..start + out.len()]);
+            vectorized(|| {
+                for (o, &b) in out.iter_mut().zip(src) {
+                    *o = f32::from_bits((b as u32) << 16);
+                }
+            })
+        }
+        WeightView::F16(s) => {
+            use half::slice::HalfFloatSliceExt;
+            let src: &[f16] = &s[start..start + out.len()];
+            src.convert_to_f32_slice(out)
+        }
+        WeightView::F32(_) => w.to_f32_into(start, out),
+    }
+}
+
+/// Lends `f` this thread's scratch buffer resized to `len` (kept between calls, so tiles
+/// allocate once per thread, not once per task).
+pub(crate) fn with_tile_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
