@@ -6,6 +6,8 @@
 //!   oracle for the fast ones (and for the CUDA kernels in `kernels/`).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod weight;
 
 pub use weight::{DType, Storage, Weight, WeightError, WeightView};
