@@ -1,6 +1,8 @@
 //! Compiles every `kernels/*.cu` to PTX for sm_80 and sm_90 with nvcc, without a GPU, and checks
-//! that each kernel the Rust side loads is an entry point of the PTX, and that the PTX's ISA
-//! version is one that the target driver (580, CUDA 13.0: PTX ISA 9.0) accepts.
+//! that each kernel the Rust side loads is an entry point of the PTX, that the PTX's ISA
+//! version is one that the target driver (580, CUDA 13.0: PTX ISA 9.0) accepts, and that ptxas
+//! assembles it for that architecture (which checks the inline PTX and the resource limits the
+//! driver's JIT would otherwise report only on a GPU).
 //!
 //! nvcc is looked for in `$NVCC`, on `PATH`, then where `scripts/install-nvcc` puts it. Without
 //! one the test fails and says how to get it, unless `EVOPRESS_SKIP_NVCC=1`.
@@ -119,6 +121,19 @@ fn every_kernel_compiles_to_ptx_for_sm80_and_sm90() {
                 isa <= MAX_PTX_ISA,
                 "{family}.cu: PTX ISA {isa:?} is newer than driver 580 loads ({MAX_PTX_ISA:?}); \
                  use the nvcc 13.0 wheels of scripts/install-nvcc"
+            );
+            let cubin = Command::new(&nvcc)
+                .arg(format!("-arch=sm_{arch}"))
+                .arg("-cubin")
+                .arg(&ptx_path)
+                .arg("-o")
+                .arg(out.join(format!("{family}.sm_{arch}.cubin")))
+                .output()
+                .unwrap();
+            assert!(
+                cubin.status.success(),
+                "ptxas failed on {family}.cu's PTX for sm_{arch}:\n{}",
+                String::from_utf8_lossy(&cubin.stderr)
             );
             for entry in *entries {
                 assert!(

@@ -188,6 +188,8 @@ impl CudaDevice {
         &self.stream
     }
 
+    /// Copies a weight to the GPU in its stored dtype (a mapped weight is read straight from
+    /// the map).
     pub fn upload_weight(&self, w: &Weight) -> Result<DeviceWeight, CudaError> {
         let data = match w.view() {
             WeightView::F32(s) => WeightData::F32(self.stream.clone_htod(s)?),
@@ -201,6 +203,7 @@ impl CudaDevice {
         })
     }
 
+    /// Copies a RoPE table to the GPU, once per model rather than once per call.
     pub fn upload_rope(&self, t: &RopeTable) -> Result<DeviceRope, CudaError> {
         Ok(DeviceRope {
             half_dim: t.head_dim / 2,

@@ -58,3 +58,34 @@ pub(crate) fn load(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaModule>
     })?;
     Ok(ctx.load_module(ptx)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC needs no GPU: compile every embedded source the way the fallback does. Skips
+    /// where `libnvrtc.so.13` is not on the loader path (the `nvidia-cuda-nvrtc==13.0.88` wheel
+    /// has it under `nvidia/cu13/lib`).
+    #[test]
+    fn nvrtc_compiles_every_family() {
+        // SAFETY: only probes whether the shared library can be opened.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc not found on the loader path");
+            return;
+        }
+        for family in FAMILIES {
+            let opts = CompileOptions {
+                options: vec!["--gpu-architecture=compute_90".into()],
+                name: Some(format!("{}.cu", family.name)),
+                ..Default::default()
+            };
+            let ptx = compile_ptx_with_opts(family.source, opts)
+                .unwrap_or_else(|e| panic!("NVRTC on kernels/{}.cu: {e}", family.name));
+            assert!(
+                ptx.to_src().contains(".visible .entry"),
+                "{}: no kernels",
+                family.name
+            );
+        }
+    }
+}
