@@ -211,6 +211,9 @@ impl ModelConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "hidden_act": "silu",
             "torch_dtype": "float32",
+            // Explicit, because Phi3Config defaults it to 32000, which transformers rejects
+            // as an embedding padding index whenever the vocabulary is smaller.
+            "pad_token_id": null,
         });
         let m = v.as_object_mut().expect("object");
         if self.arch == Arch::Llama {
