@@ -66,7 +66,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape)
                     Parallelism::None,
                 )
             }
-            vectorized(|| {
+            vectorized!({
                 for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
                     let visible = past + i0 + r + 1;
                     softmax_in_place(&mut row[..visible], scale);

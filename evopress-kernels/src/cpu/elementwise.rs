@@ -2,7 +2,7 @@
 //!
 //! All are memory-bound (a few flops per element loaded), so the recipe is the same for each:
 //! tight loops with independent lanes that auto-vectorize inside
-//! [`vectorized`](super::simd::vectorized), and rayon over chunks of whole rows once a call
+//! [`vectorized!`](super::simd::vectorized), and rayon over chunks of whole rows once a call
 //! touches more than `PAR_MIN_ELEMS` elements (below that, waking the pool costs more than
 //! the work). Plain oracles live in [`reference`](super::reference).
 
@@ -42,7 +42,7 @@ pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) {
     );
     assert_eq!(out.len(), x.len(), "rms_norm: out length");
     for_row_chunks(out, d, x, d, |oc, xc| {
-        vectorized(|| {
+        vectorized!({
             for (or, xr) in oc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
                 let inv = 1.0 / (sum_map(xr, |v| v * v) / d as f32 + eps).sqrt();
                 for ((o, v), g) in or.iter_mut().zip(xr).zip(gamma) {
@@ -69,22 +69,19 @@ pub fn rope(x: &mut [f32], n_heads: usize, positions: &[usize], table: &RopeTabl
             "rope: position {p} beyond the table"
         );
     }
-    let rotate = |xt: &mut [f32], p: usize| {
-        let cos = &table.cos[p * half..(p + 1) * half];
-        let sin = &table.sin[p * half..(p + 1) * half];
-        for head in xt.chunks_exact_mut(hd) {
-            let (lo, hi) = head.split_at_mut(half);
-            for (((a, b), c), s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
-                let (va, vb) = (*a, *b);
-                *a = va * c - vb * s;
-                *b = vb * c + va * s;
-            }
-        }
-    };
     for_row_chunks(x, tok, positions, 1, |xc, pc| {
-        vectorized(|| {
+        vectorized!({
             for (xt, &p) in xc.chunks_exact_mut(tok).zip(pc) {
-                rotate(xt, p);
+                let cos = &table.cos[p * half..(p + 1) * half];
+                let sin = &table.sin[p * half..(p + 1) * half];
+                for head in xt.chunks_exact_mut(hd) {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for (((a, b), c), s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
+                        let (va, vb) = (*a, *b);
+                        *a = va * c - vb * s;
+                        *b = vb * c + va * s;
+                    }
+                }
             }
         })
     });
@@ -94,7 +91,7 @@ pub fn rope(x: &mut [f32], n_heads: usize, positions: &[usize], table: &RopeTabl
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
     for_row_chunks(gate, 1, up, 1, |g, u| {
-        vectorized(|| {
+        vectorized!({
             for (g, u) in g.iter_mut().zip(u) {
                 *g = *g / (1.0 + exp(-*g)) * u;
             }
@@ -106,7 +103,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len(), "add_assign: length mismatch");
     for_row_chunks(x, 1, y, 1, |x, y| {
-        vectorized(|| {
+        vectorized!({
             for (a, b) in x.iter_mut().zip(y) {
                 *a += b;
             }
@@ -122,7 +119,7 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
         "add_bias: x is not [n, {d}]"
     );
     let add_rows = |xc: &mut [f32]| {
-        vectorized(|| {
+        vectorized!({
             for row in xc.chunks_exact_mut(d) {
                 for (a, b) in row.iter_mut().zip(bias) {
                     *a += b;

@@ -3,7 +3,7 @@
 //! Three paths, chosen by shape and weight dtype:
 //! - **GEMV** (`m <= GEMV_MAX_M`, decode): memory-bound, so the only goal is to stream `W`
 //!   once at full bandwidth. Rayon splits the rows of `W`; each row is dotted with every
-//!   `x` row while it is in L1. f16/bf16 rows are widened into a small per-task buffer.
+//!   `x` row while it is in L1. f16/bf16 elements are widened in registers inside the dot.
 //! - **f32 GEMM**: one `gemm::gemm` call. `Wᵀ` is just `W` read with swapped strides (row
 //!   stride 1, column stride `k`), so no transposed copy is made; gemm packs panels itself.
 //! - **f16/bf16 GEMM**: `W` is widened tile by tile (`TILE_ROWS` rows of `W` = a column
@@ -13,7 +13,7 @@
 //!
 //! The plain oracle is [`reference::matmul_wt`](super::reference::matmul_wt).
 
-use super::simd::{dot, vectorized};
+use super::simd::{dot, dot_with, vectorized};
 use super::SyncPtr;
 use crate::{Weight, WeightView};
 use gemm::Parallelism;
@@ -154,23 +154,21 @@ fn gemv(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f
     let tasks = n.div_ceil(GEMV_ROWS_PER_TASK);
     let run = |t: usize| {
         let rows = t * GEMV_ROWS_PER_TASK..((t + 1) * GEMV_ROWS_PER_TASK).min(n);
-        with_tile_buffer(k, |row| {
-            vectorized(|| {
-                for j in rows {
-                    let wj: &[f32] = match w {
-                        WeightView::F32(s) => &s[j * k..(j + 1) * k],
-                        _ => {
-                            widen(w, j * k, row);
-                            row
-                        }
+        vectorized!({
+            for j in rows {
+                let wr = j * k..(j + 1) * k;
+                for i in 0..m {
+                    let xi = &x[i * k..(i + 1) * k];
+                    let v = match w {
+                        WeightView::F32(s) => dot(xi, &s[wr.clone()]),
+                        // Half-precision rows are widened in registers, inside the dot.
+                        WeightView::BF16(s) => dot_with(xi, &s[wr.clone()], bf16_to_f32),
+                        WeightView::F16(s) => dot_with(xi, &s[wr.clone()], f16_to_f32),
                     };
-                    for i in 0..m {
-                        let v = dot(&x[i * k..(i + 1) * k], wj);
-                        // SAFETY: (i, j) is inside out, and row j belongs to this task only.
-                        unsafe { *out_ptr.get().add(i * n + j) = v };
-                    }
+                    // SAFETY: (i, j) is inside out, and row j belongs to this task only.
+                    unsafe { *out_ptr.get().add(i * n + j) = v };
                 }
-            })
+            }
         })
     };
     if n * k >= PARALLEL_MIN_FMAS {
@@ -209,25 +207,54 @@ fn gemm_tiled(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &
     }
 }
 
-/// Converts `out.len()` elements of `w` from `start` to f32. bf16 is a 16-bit shift, written
-/// here so it vectorizes; f16 goes through `half` (F16C when the CPU has it).
+/// Converts `out.len()` elements of `w` from `start` to f32, vectorized.
 fn widen(w: WeightView<'_>, start: usize, out: &mut [f32]) {
     match w {
         WeightView::BF16(s) => {
-            let src: &[u16] = bytemuck::cast_slice::<bf16, u16>(&s[start..start + out.len()]);
-            vectorized(|| {
+            let src = &s[start..start + out.len()];
+            vectorized!({
                 for (o, &b) in out.iter_mut().zip(src) {
-                    *o = f32::from_bits((b as u32) << 16);
+                    *o = bf16_to_f32(b);
                 }
             })
         }
         WeightView::F16(s) => {
-            use half::slice::HalfFloatSliceExt;
-            let src: &[f16] = &s[start..start + out.len()];
-            src.convert_to_f32_slice(out)
+            let src = &s[start..start + out.len()];
+            vectorized!({
+                for (o, &h) in out.iter_mut().zip(src) {
+                    *o = f16_to_f32(h);
+                }
+            })
         }
         WeightView::F32(_) => w.to_f32_into(start, out),
     }
+}
+
+/// bf16 is the top half of an f32, so widening is a shift (vectorizes, unlike a call into
+/// `half`, which is compiled for the baseline).
+#[inline(always)]
+fn bf16_to_f32(b: bf16) -> f32 {
+    f32::from_bits((b.to_bits() as u32) << 16)
+}
+
+/// Exact f16 → f32 with integer ops only, so it vectorizes (F. Giesen's method): move the
+/// exponent and mantissa into place and rebias; fix up Inf/NaN (exponent all ones) and
+/// subnormals (exponent zero, renormalized by one float subtraction) with selects.
+#[inline(always)]
+fn f16_to_f32(h: f16) -> f32 {
+    const EXP_MASK: u32 = 0x7c00 << 13;
+    let h = h.to_bits() as u32;
+    let bits = (h & 0x7fff) << 13;
+    let exp = bits & EXP_MASK;
+    let normal = bits + ((127 - 15) << 23);
+    let magnitude = if exp == EXP_MASK {
+        normal + ((128 - 16) << 23)
+    } else if exp == 0 {
+        (f32::from_bits(normal + (1 << 23)) - f32::from_bits(113 << 23)).to_bits()
+    } else {
+        normal
+    };
+    f32::from_bits(magnitude | (h & 0x8000) << 16)
 }
 
 /// Lends `f` this thread's scratch buffer resized to `len` (kept between calls, so tiles
@@ -243,4 +270,27 @@ pub(crate) fn with_tile_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -
         }
         f(&mut b[..len])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_widening_is_exact() {
+        for b in 0..=u16::MAX {
+            let (h, want) = (f16::from_bits(b), f16::from_bits(b).to_f32());
+            let got = f16_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{b:#x}"
+            );
+            let (h, want) = (bf16::from_bits(b), bf16::from_bits(b).to_f32());
+            let got = bf16_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{b:#x}"
+            );
+        }
+    }
 }

@@ -80,7 +80,7 @@ fn check_rows(logits: &[f32], vocab: usize) -> usize {
 
 /// `log Σ e^{row}` as `max + log Σ e^{row − max}`.
 fn row_logsumexp(row: &[f32]) -> f64 {
-    vectorized(|| {
+    vectorized!({
         let max = max(row);
         if max == f32::NEG_INFINITY {
             return f64::NEG_INFINITY;
@@ -96,7 +96,7 @@ fn row_logsumexp(row: &[f32]) -> f64 {
 /// `Σ_j e^{x_j − lse} (x_j − y_j)`.
 fn expected_diff(x: &[f32], y: &[f32], lse: f64) -> f64 {
     let shift = lse as f32;
-    vectorized(|| {
+    vectorized!({
         let mut total = 0f64;
         for (bx, by) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
             let mut acc = [0f32; LANES];

@@ -1,7 +1,7 @@
 //! Runtime SIMD dispatch and the two vector-friendly primitives the fast ops share.
 //!
 //! Rust compiles for the x86_64 baseline (SSE2) unless told otherwise, so a plain loop in a
-//! library never uses AVX2/AVX-512 or FMA. [`vectorized`] fixes that without `unsafe` at the
+//! library never uses AVX2/AVX-512 or FMA. [`vectorized!`] fixes that without `unsafe` at the
 //! call sites: it runs a closure inside a `#[target_feature]` trampoline chosen once from
 //! CPUID, and because the closure and the `#[inline(always)]` helpers below are inlined into
 //! it, LLVM auto-vectorizes their loops with the wide registers. The loops are written with
@@ -44,10 +44,24 @@ fn detect() -> SimdLevel {
     SimdLevel::Baseline
 }
 
-/// Runs `f` compiled for [`simd_level`] (see the module docs). Keep `f` small and its
-/// helpers `#[inline(always)]`: only code inlined into the trampoline gets the wide registers.
+/// Evaluates a block compiled for [`simd_level`] (see the module docs): `vectorized!({ ... })`.
+///
+/// The block becomes an `#[inline(always)]` closure, so it is inlined into the
+/// `#[target_feature]` trampoline and gets the wide registers. Helpers it calls must be
+/// `#[inline(always)]` too; anything not inlined runs at the baseline.
+macro_rules! vectorized {
+    ($body:expr) => {
+        $crate::cpu::simd::dispatch(
+            #[inline(always)]
+            || $body,
+        )
+    };
+}
+pub(crate) use vectorized;
+
+/// Calls `f` through the trampoline for [`simd_level`]; use it via [`vectorized!`].
 #[inline(always)]
-pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         match simd_level() {
@@ -77,19 +91,25 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 /// add latency on the hot dot products.
 pub(crate) const LANES: usize = 32;
 
-/// `Σ a[i]·b[i]` with [`LANES`] partial sums (vectorizes inside [`vectorized`]).
+/// `Σ a[i]·b[i]` with [`LANES`] partial sums (vectorizes inside [`vectorized!`]).
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |v| v)
+}
+
+/// `Σ a[i]·widen(b[i])`: [`dot`] against a narrower element type, widened in registers.
+#[inline(always)]
+pub fn dot_with<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (xa, xb) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] += xa[l] * xb[l];
+            acc[l] += xa[l] * widen(xb[l]);
         }
     }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    let tail: f32 = ra.iter().zip(rb).map(|(&x, &y)| x * widen(y)).sum();
     hsum(&acc) + tail
 }
 
@@ -188,7 +208,7 @@ mod tests {
         let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.11).cos()).collect();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let got = vectorized(|| dot(&a, &b));
+        let got = vectorized!(dot(&a, &b));
         assert!((got as f64 - want).abs() < 1e-4);
     }
 }
