@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod search;
 pub mod source;
 pub mod tokenizer;
 
