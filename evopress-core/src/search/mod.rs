@@ -9,10 +9,12 @@
 //!
 //! Then [`Search::new`] checks the setup, [`Search::initialize`] or [`Search::resume`] gives a
 //! [`SearchState`], and [`Search::run`] evolves it, checkpointing every generation.
+//! [`dp::dp_allocate`] is the per-unit-error baseline over the same space.
 
 pub mod batch;
 mod checkpoint;
 pub mod config;
+pub mod dp;
 pub mod evolve;
 mod feasibility;
 pub mod init;
