@@ -646,6 +646,24 @@ fn resume_refuses_a_checkpoint_of_another_config() {
     assert!(other_model.resume(&path).is_err());
 }
 
+#[test]
+fn config_reads_from_toml_and_rejects_unknown_keys() {
+    let text = r#"
+        generations = 74
+        offspring = 32
+        initially_generated = 64
+        initial_tokens = 2048
+        stages = [{ survivors = 2, tokens = 2048 }, { survivors = 1, tokens = 32768 }]
+    "#;
+    let config: SearchConfig = toml::from_str(text).unwrap();
+    assert_eq!(config, SearchConfig::depth_defaults(32, 4));
+    let typo = format!("{text}\nofspring = 3\n");
+    let err = toml::from_str::<SearchConfig>(&typo)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ofspring"), "{err}");
+}
+
 // --- infeasible setups ----------------------------------------------------------------------
 
 fn search_error(space: &SearchSpace, config: &SearchConfig, sample_lens: &[usize]) -> String {
