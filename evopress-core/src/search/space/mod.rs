@@ -8,7 +8,8 @@
 //! - quantization with `group_rule = none` keeps the total cost (bits) under a ceiling
 //!   ([`Budget::CostCeiling`]), because units of different sizes trade with each other.
 //!
-//! Constructors for each problem live in [`depth`], [`sparsity`] and [`quant`].
+//! Each problem has its constructor: [`DepthLayout::space`], [`SearchSpace::sparsity`] and
+//! [`SearchSpace::quantization`].
 
 mod count;
 mod depth;
