@@ -2,15 +2,21 @@
 //!
 //! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
-//! - [`data`]: text files to token windows, perplexity.
+//! - [`data`]: text files to token windows, perplexity;
+//! - [`fitness`], [`evaluate`]: KL / top-k KL / perplexity against the dense model, scored
+//!   incrementally from the first block a candidate changes;
+//! - [`search`]: the evolutionary search, which knows nothing about transformers.
 
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod evaluate;
+pub mod fitness;
 pub mod gguf;
 pub mod hf;
 pub mod load;
 pub mod model;
+pub mod search;
 pub mod source;
 pub mod tokenizer;
 

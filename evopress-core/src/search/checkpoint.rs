@@ -1,0 +1,180 @@
+//! Checkpoints: the whole [`SearchState`] as JSON, written atomically after every generation,
+//! so that a killed run resumes and ends exactly where an uninterrupted one would.
+
+use super::config::SearchConfig;
+use super::evolve::{GenerationRecord, Search, SearchState};
+use super::space::{Genome, SearchSpace};
+use crate::error::{Error, Result};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Checkpoint {
+    format: u32,
+    /// Hex of [`fingerprint`]: what the run was started with.
+    fingerprint: String,
+    generation: usize,
+    population: Vec<Genome>,
+    history: Vec<GenerationRecord>,
+    rng: RngState,
+}
+
+/// ChaCha's position: enough to rebuild the generator exactly.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RngState {
+    seed: [u8; 32],
+    stream: u64,
+    word_pos: u128,
+}
+
+impl RngState {
+    fn of(rng: &ChaCha8Rng) -> Self {
+        RngState {
+            seed: rng.get_seed(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos(),
+        }
+    }
+
+    fn restore(&self) -> ChaCha8Rng {
+        use rand::SeedableRng;
+        let mut rng = ChaCha8Rng::from_seed(self.seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(self.word_pos);
+        rng
+    }
+}
+
+/// FNV-1a over the JSON of everything that decides a run's trajectory. `generations` is left
+/// out, so a finished run can be resumed with more generations.
+pub(super) fn fingerprint(
+    space: &SearchSpace,
+    config: &SearchConfig,
+    sample_lens: &[usize],
+    identity: &str,
+) -> u64 {
+    let config = SearchConfig {
+        generations: 0,
+        ..config.clone()
+    };
+    let json = serde_json::to_vec(&(space, config, sample_lens, identity))
+        .expect("search spaces and configs serialize");
+    json.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Search<'_> {
+    /// Writes `state` to `path` through a temporary file, fsync and rename, so that the file
+    /// always holds a whole checkpoint even if the process dies mid-write.
+    pub fn save_checkpoint(&self, state: &SearchState, path: &Path) -> Result<()> {
+        let checkpoint = Checkpoint {
+            format: FORMAT,
+            fingerprint: format!("{:016x}", self.fingerprint),
+            generation: state.generation,
+            population: state.population.clone(),
+            history: state.history.clone(),
+            rng: RngState::of(&state.rng),
+        };
+        let json = serde_json::to_vec_pretty(&checkpoint).expect("checkpoints serialize");
+        write_atomically(path, &json)
+    }
+
+    /// Loads a checkpoint written by a search with the same space, config (up to
+    /// `generations`), calibration data and identity; refuses any other.
+    pub fn resume(&self, path: &Path) -> Result<SearchState> {
+        let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let checkpoint: Checkpoint = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a search checkpoint: {e}")))?;
+        if checkpoint.format != FORMAT {
+            return Err(Error::format(
+                path,
+                format!(
+                    "checkpoint format {} (this build reads {FORMAT})",
+                    checkpoint.format
+                ),
+            ));
+        }
+        let expected = format!("{:016x}", self.fingerprint);
+        if checkpoint.fingerprint != expected {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the checkpoint was written by a search with a different search space, \
+                     config, calibration data or model (fingerprint {} != {expected}); \
+                     delete it to start afresh",
+                    checkpoint.fingerprint
+                ),
+            ));
+        }
+        if checkpoint.population.is_empty() {
+            return Err(Error::format(path, "the checkpoint holds no population"));
+        }
+        for genome in &checkpoint.population {
+            self.space
+                .check_genome(genome)
+                .map_err(|e| Error::format(path, e.to_string()))?;
+        }
+        Ok(SearchState {
+            generation: checkpoint.generation,
+            population: checkpoint.population,
+            history: checkpoint.history,
+            rng: checkpoint.rng.restore(),
+        })
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::format(path, "a checkpoint path must name a file"))?;
+    let mut temp_name = file_name.to_owned();
+    temp_name.push(".tmp");
+    let temp = path.with_file_name(temp_name);
+    let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(&temp, e))?;
+    fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
+    sync_parent_dir(path)
+}
+
+/// Makes the rename itself durable.
+#[cfg(unix)]
+fn sync_parent_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_parent_dir(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Stores an `f64` as the string of its shortest round-trip decimal. serde_json's default
+/// float parser may land one ulp off, which would break bit-identical resumed histories.
+pub(super) mod exact_f64 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{value:?}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|e| D::Error::custom(format!("`{text}` is not a number: {e}")))
+    }
+}

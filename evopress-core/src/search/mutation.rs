@@ -1,0 +1,144 @@
+//! Level-switch mutation (SPEC 4.3) and the loop that collects distinct offspring.
+
+use super::space::{Budget, Genome, SearchSpace};
+use crate::error::{Error, Result};
+use rand::seq::{IteratorRandom, SliceRandom};
+use rand::Rng;
+use std::collections::HashSet;
+
+/// Under [`Budget::CostCeiling`], a mutation changing more units than this is rejected.
+const MAX_CEILING_CHANGES: usize = 10;
+/// Under [`Budget::CostCeiling`], a mutation that removes more than 1/0.8 times the cost it
+/// added is rejected, so offspring do not drift far under the budget.
+const MIN_ADDED_PER_REMOVED: f64 = 0.8;
+
+/// The number of switches in one mutation: `min(U{1..M}, U{1..M})`, which favours small steps
+/// (for M = 3: P(1) = 5/9, P(2) = 3/9, P(3) = 1/9).
+pub fn switch_count(rng: &mut impl Rng, max_mutations: usize) -> usize {
+    let draw = rng.gen_range(1..=max_mutations);
+    draw.min(rng.gen_range(1..=max_mutations))
+}
+
+/// A mutated copy of `parent`, or `None` where a [`Budget::CostCeiling`] mutation is rejected.
+/// Switches only move units to legal levels, so every returned genome is legal and in budget.
+pub fn mutate(
+    space: &SearchSpace,
+    parent: &Genome,
+    max_mutations: usize,
+    rng: &mut impl Rng,
+) -> Option<Genome> {
+    let mut child = parent.clone();
+    let switches = switch_count(rng, max_mutations);
+    match *space.budget() {
+        Budget::ExactGroupSums { step } => {
+            for _ in 0..switches {
+                level_switch(space, &mut child, step, rng);
+            }
+            Some(child)
+        }
+        Budget::CostCeiling { max_cost, step } => {
+            raise_then_fit(space, &mut child, switches, max_cost, step, rng).then_some(child)
+        }
+    }
+}
+
+/// One switch: in a group chosen in proportion to its size, lower a random unit by `step` and
+/// raise a random unit by `step`, both drawn among the units that can legally move that way
+/// in `genome` as it was. Drawing the same unit twice (or a group with no possible move) makes
+/// the switch a no-op, as in the original.
+fn level_switch(space: &SearchSpace, genome: &mut Genome, step: i32, rng: &mut impl Rng) {
+    let units = space.units();
+    let group = units[rng.gen_range(0..units.len())].group;
+    let members = space.members(group);
+    let can_move = |u: usize, delta: i32| units[u].legal_neighbour(genome.0[u], delta);
+    let lowered = members.iter().filter(|&&u| can_move(u, -step).is_some());
+    let Some(&lowered) = lowered.choose(rng) else {
+        return;
+    };
+    let raised = members.iter().filter(|&&u| can_move(u, step).is_some());
+    let Some(&raised) = raised.choose(rng) else {
+        return;
+    };
+    if lowered != raised {
+        let down = can_move(lowered, -step).expect("drawn among lowerable units");
+        let up = can_move(raised, step).expect("drawn among raisable units");
+        genome.0[lowered] = down;
+        genome.0[raised] = up;
+    }
+}
+
+/// The `group_rule = none` mutation: raise `raises` random units by `step`, then lower random
+/// units until the total cost fits under `max_cost` again. False when the result is rejected.
+fn raise_then_fit(
+    space: &SearchSpace,
+    genome: &mut Genome,
+    raises: usize,
+    max_cost: u64,
+    step: i32,
+    rng: &mut impl Rng,
+) -> bool {
+    let units = space.units();
+    let mut total = space.total_cost(genome);
+    let (mut added, mut removed, mut changes) = (0u64, 0u64, 0usize);
+    let mut move_unit = |genome: &mut Genome, delta: i32, rng: &mut _| {
+        let movable =
+            (0..units.len()).filter(|&u| units[u].legal_neighbour(genome.0[u], delta).is_some());
+        let unit = movable.choose(rng)?;
+        let before = space.level(genome, unit).cost;
+        genome.0[unit] = units[unit].legal_neighbour(genome.0[unit], delta)?;
+        let after = space.level(genome, unit).cost;
+        changes += 1;
+        Some((before, after))
+    };
+    for _ in 0..raises {
+        let Some((before, after)) = move_unit(genome, step, rng) else {
+            return false;
+        };
+        total = total - before + after;
+        added += after.abs_diff(before);
+    }
+    while total > max_cost {
+        let Some((before, after)) = move_unit(genome, -step, rng) else {
+            return false;
+        };
+        total = total - before + after;
+        removed += after.abs_diff(before);
+    }
+    changes <= MAX_CEILING_CHANGES && added as f64 >= MIN_ADDED_PER_REMOVED * removed.max(1) as f64
+}
+
+/// `count` distinct legal offspring, none equal to a parent, each mutated from a parent drawn
+/// uniformly. Errors after `max_attempts` mutations rather than spin on a space too small.
+pub fn offspring(
+    space: &SearchSpace,
+    parents: &[Genome],
+    count: usize,
+    max_mutations: usize,
+    max_attempts: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<Genome>> {
+    let mut seen: HashSet<Genome> = parents.iter().cloned().collect();
+    let mut children = Vec::with_capacity(count);
+    let mut attempts = 0;
+    while children.len() < count {
+        if attempts == max_attempts {
+            return Err(Error::Invalid(format!(
+                "only {} distinct offspring found after {attempts} attempts: the search space \
+                 ({}) is too small for offspring={count} (raise max_mutations or \
+                 max_offspring_attempts, or lower offspring)",
+                children.len(),
+                space.describe()
+            )));
+        }
+        attempts += 1;
+        let parent = parents.choose(rng).expect("at least one parent");
+        let Some(child) = mutate(space, parent, max_mutations, rng) else {
+            continue;
+        };
+        debug_assert!(space.is_legal(&child) && space.budget_report(&child).holds);
+        if seen.insert(child.clone()) {
+            children.push(child);
+        }
+    }
+    Ok(children)
+}
