@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use evopress_core::hf::write_hf_dir;
+use evopress_core::source::read_all;
 use evopress_core::ModelSource;
 use evopress_kernels::DType;
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ pub fn run(a: Args) -> Result<()> {
         _ => DType::F32,
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let tensors = src.tensors();
+    let tensors = read_all(src.tensors())?;
     write_hf_dir(&a.out, &config, tensors, dtype)?;
     if let Some(tok) = src.tokenizer()? {
         tok.save(&a.out.join("tokenizer.json"))?;

@@ -17,3 +17,11 @@ pub trait TensorSource {
     /// Every tensor name, in file order.
     fn names(&self) -> Vec<String>;
 }
+
+/// Every tensor of `src` under its HF name (what `convert` writes out).
+pub fn read_all(src: &dyn TensorSource) -> Result<Vec<(String, Weight)>> {
+    src.names()
+        .into_iter()
+        .map(|n| src.weight(&n).map(|w| (n, w)))
+        .collect()
+}
