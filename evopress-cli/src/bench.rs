@@ -35,8 +35,11 @@ pub fn run(c: Command) -> Result<()> {
 /// plus causal attention's two `t x t/2` products per head.
 fn forward_flops(m: &Model, t: usize) -> f64 {
     let c = &m.config;
-    let linear = (c.linear_params_per_block() * c.num_hidden_layers + c.vocab_size * c.hidden_size) as f64;
-    let attn = (c.num_hidden_layers * c.num_attention_heads * c.head_dim) as f64 * (t * (t + 1)) as f64 * 2.0;
+    let linear =
+        (c.linear_params_per_block() * c.num_hidden_layers + c.vocab_size * c.hidden_size) as f64;
+    let attn = (c.num_hidden_layers * c.num_attention_heads * c.head_dim) as f64
+        * (t * (t + 1)) as f64
+        * 2.0;
     2.0 * linear * t as f64 + attn
 }
 
@@ -45,7 +48,9 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let model = &loaded.model;
     let vocab = model.vocab_size() as u32;
     // Deterministic pseudo-text: the speed of a dense forward does not depend on the ids.
-    let tokens: Vec<u32> = (0..a.seq_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let tokens: Vec<u32> = (0..a.seq_len as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
     let plan = vec![BlockPlan::FULL; model.layers.len()];
     let run_once = || -> Result<f64> {
         let t0 = Instant::now();
@@ -54,7 +59,9 @@ fn forward(a: ForwardArgs) -> Result<()> {
         Ok(t0.elapsed().as_secs_f64())
     };
     run_once()?;
-    let mut times = (0..a.iters.max(1)).map(|_| run_once()).collect::<Result<Vec<_>>>()?;
+    let mut times = (0..a.iters.max(1))
+        .map(|_| run_once())
+        .collect::<Result<Vec<_>>>()?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let threads = rayon::current_num_threads();

@@ -22,7 +22,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let src = ModelSource::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let src =
+        ModelSource::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
     let config = src.config()?;
     let dtype = match a.dtype.as_str() {
         "f16" => DType::F16,

@@ -40,7 +40,9 @@ pub fn run(a: Args) -> Result<()> {
     let plan = vec![BlockPlan::FULL; loaded.model.layers.len()];
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(&loaded.model, &Cpu, &windows, &plan, |i| bar.set_position(i as u64))?;
+    let sum = data::perplexity(&loaded.model, &Cpu, &windows, &plan, |i| {
+        bar.set_position(i as u64)
+    })?;
     bar.finish_and_clear();
     let seconds = t1.elapsed().as_secs_f64();
     if a.json {

@@ -28,7 +28,13 @@ pub fn run(a: Args) -> Result<()> {
     let prompt = tok.encode(&a.prompt)?;
     let plan = vec![BlockPlan::FULL; model.layers.len()];
     let t0 = Instant::now();
-    let ids = model.generate(&Cpu, &prompt, a.max_tokens, model.config.eos_token_id, &plan)?;
+    let ids = model.generate(
+        &Cpu,
+        &prompt,
+        a.max_tokens,
+        model.config.eos_token_id,
+        &plan,
+    )?;
     let seconds = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids)?;
     if a.json {
@@ -43,7 +49,12 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{}{}", a.prompt, text)?;
-        eprintln!("{} tokens in {:.2}s ({:.1} tokens/s)", ids.len(), seconds, ids.len() as f64 / seconds);
+        eprintln!(
+            "{} tokens in {:.2}s ({:.1} tokens/s)",
+            ids.len(),
+            seconds,
+            ids.len() as f64 / seconds
+        );
     }
     Ok(())
 }

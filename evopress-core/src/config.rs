@@ -90,6 +90,8 @@ struct HfConfig {
     rms_norm_eps: Option<f32>,
     rope_theta: Option<f32>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 moves `rope_theta` and the scaling fields here.
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -127,10 +129,18 @@ impl ModelConfig {
                 });
             }
         }
-        let rope_scaling = match &hf.rope_scaling {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(parse_rope_scaling(path, v)?),
+        let params = hf.rope_parameters.as_ref().filter(|v| v.is_object());
+        let scaling = match &hf.rope_scaling {
+            None | Some(serde_json::Value::Null) => params,
+            Some(v) => Some(v),
         };
+        let rope_scaling = match scaling {
+            Some(v) if rope_type(v) != "default" => Some(parse_rope_scaling(path, v)?),
+            _ => None,
+        };
+        let rope_theta = hf
+            .rope_theta
+            .or_else(|| params?.get("rope_theta")?.as_f64().map(|t| t as f32));
         let cfg = ModelConfig {
             arch,
             hidden_size: hf.hidden_size,
@@ -143,11 +153,12 @@ impl ModelConfig {
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             vocab_size: hf.vocab_size,
             rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: hf.rope_theta.unwrap_or(10000.0),
+            rope_theta: rope_theta.unwrap_or(10000.0),
             rope_scaling,
             max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
-            attention_bias: hf.attention_bias.unwrap_or(arch == Arch::Qwen2),
+            // Qwen2 always has q/k/v biases, whatever the key says.
+            attention_bias: arch == Arch::Qwen2 || hf.attention_bias.unwrap_or(false),
             bos_token_id: first_id(&hf.bos_token_id),
             eos_token_id: first_id(&hf.eos_token_id),
         };
@@ -165,7 +176,10 @@ impl ModelConfig {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return Err(bad("num_attention_heads", "must be positive".into()));
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
@@ -274,17 +288,21 @@ impl ModelConfig {
     }
 }
 
+/// The scaling rule's name (`rope_type`, or the older `type`); "default" means none.
+fn rope_type(v: &serde_json::Value) -> &str {
+    v.get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default")
+}
+
 fn parse_rope_scaling(path: &Path, v: &serde_json::Value) -> Result<Llama3RopeScaling> {
     let bad = |msg: String| Error::Config {
         path: path.into(),
         key: "rope_scaling".into(),
         msg,
     };
-    let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(|t| t.as_str())
-        .unwrap_or("<missing>");
+    let kind = rope_type(v);
     if kind != "llama3" {
         return Err(Error::Unsupported {
             path: path.into(),

@@ -31,7 +31,11 @@ impl TokenizedFile {
 /// The first `limit` (or all) non-overlapping windows of `seq_len` tokens over `files`, taken
 /// file by file in order. A file too short for one window is an error naming it, as is asking
 /// for more windows than the files hold.
-pub fn windows(files: &[TokenizedFile], seq_len: usize, limit: Option<usize>) -> Result<Vec<&[u32]>> {
+pub fn windows(
+    files: &[TokenizedFile],
+    seq_len: usize,
+    limit: Option<usize>,
+) -> Result<Vec<&[u32]>> {
     if seq_len < 2 {
         return Err(Error::Invalid(format!(
             "sequence length {seq_len} is too short: at least 2 tokens are needed to score one"
@@ -95,7 +99,11 @@ pub fn window_nll<D: Device>(
     for start in (0..scored).step_by(HEAD_CHUNK_ROWS) {
         let end = (start + HEAD_CHUNK_ROWS).min(scored);
         let logits = model.lm_head(dev, &hidden[start * h..end * h]);
-        sum.nll += evopress_kernels::cpu::reduce::log_softmax_nll(&logits, vocab, &window[start + 1..end + 1]);
+        sum.nll += evopress_kernels::cpu::reduce::log_softmax_nll(
+            &logits,
+            vocab,
+            &window[start + 1..end + 1],
+        );
     }
     sum.tokens = scored;
     Ok(sum)
@@ -138,7 +146,10 @@ pub fn calibration_windows(
     seed: u64,
 ) -> Result<Vec<Vec<u32>>> {
     use rand::{Rng, SeedableRng};
-    let stream: Vec<u32> = files.iter().flat_map(|f| f.tokens.iter().copied()).collect();
+    let stream: Vec<u32> = files
+        .iter()
+        .flat_map(|f| f.tokens.iter().copied())
+        .collect();
     let too_few = || {
         Error::Invalid(format!(
             "the calibration files hold {} tokens, too few for {count} windows of {seq_len}",
@@ -153,7 +164,11 @@ pub fn calibration_windows(
             if stream.len() / seq_len < count {
                 return Err(too_few());
             }
-            Ok(stream.chunks_exact(seq_len).take(count).map(<[u32]>::to_vec).collect())
+            Ok(stream
+                .chunks_exact(seq_len)
+                .take(count)
+                .map(<[u32]>::to_vec)
+                .collect())
         }
         Sampling::Random => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

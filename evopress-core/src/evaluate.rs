@@ -64,7 +64,13 @@ impl Calibration {
 
     /// Summed fitness of the final hidden states `normed[len, hidden]` of a slice, with the
     /// number of positions scored (`len - 1`: the last position has no next token).
-    fn score_slice<D: Device>(&self, model: &Model, dev: &D, slice: &Slice, normed: &[f32]) -> (f64, usize) {
+    fn score_slice<D: Device>(
+        &self,
+        model: &Model,
+        dev: &D,
+        slice: &Slice,
+        normed: &[f32],
+    ) -> (f64, usize) {
         let h = model.hidden_size();
         let vocab = model.vocab_size();
         let tokens = &self.samples[slice.sample][slice.tokens.clone()];
@@ -74,9 +80,13 @@ impl Calibration {
             let end = (start + HEAD_CHUNK_ROWS).min(scored);
             let logits = model.lm_head(dev, &normed[start * h..end * h]);
             let pos0 = slice.tokens.start + start;
-            sum += self
-                .targets
-                .score_rows(slice.sample, pos0, &logits, vocab, &tokens[start + 1..end + 1]);
+            sum += self.targets.score_rows(
+                slice.sample,
+                pos0,
+                &logits,
+                vocab,
+                &tokens[start + 1..end + 1],
+            );
         }
         (sum, scored)
     }

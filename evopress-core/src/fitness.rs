@@ -27,7 +27,10 @@ pub enum FitnessKind {
 /// The dense model's outputs on the calibration samples, in the form the fitness needs.
 pub enum DenseTargets {
     /// Per sample, `[len - 1, vocab]` logits in bf16.
-    Full { vocab: usize, logits: Vec<Vec<bf16>> },
+    Full {
+        vocab: usize,
+        logits: Vec<Vec<bf16>>,
+    },
     /// Per sample, `[len - 1, k]` top logits (descending) and their token ids.
     TopK {
         k: usize,
@@ -50,7 +53,12 @@ impl FitnessKind {
     }
 
     /// Refuses target storage larger than `cap_bytes`, saying what would fit.
-    pub fn check_target_memory(&self, scored_positions: usize, vocab: usize, cap_bytes: usize) -> Result<()> {
+    pub fn check_target_memory(
+        &self,
+        scored_positions: usize,
+        vocab: usize,
+        cap_bytes: usize,
+    ) -> Result<()> {
         let need = self.target_bytes(scored_positions, vocab);
         if need > cap_bytes {
             return Err(Error::Invalid(format!(
@@ -174,11 +182,17 @@ mod tests {
     #[test]
     fn topk_kl_is_zero_for_identical_logits_and_positive_otherwise() {
         let vocab = 50;
-        let a: Vec<f32> = (0..2 * vocab).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let a: Vec<f32> = (0..2 * vocab)
+            .map(|i| ((i * 37) % 11) as f32 * 0.3)
+            .collect();
         let mut t = DenseTargets::empty(FitnessKind::TopkKl { k: 8 }, vocab);
         t.push(&a, vocab);
         assert!(t.score_rows(0, 0, &a, vocab, &[0, 0]).abs() < 1e-9);
-        let b: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + (i % 3) as f32 * 0.1).collect();
+        let b: Vec<f32> = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + (i % 3) as f32 * 0.1)
+            .collect();
         assert!(t.score_rows(0, 0, &b, vocab, &[0, 0]) > 1e-6);
     }
 
@@ -191,8 +205,12 @@ mod tests {
 
     #[test]
     fn memory_cap_is_enforced() {
-        let err = FitnessKind::Kl.check_target_memory(1000, 50_000, 1_000_000).unwrap_err();
+        let err = FitnessKind::Kl
+            .check_target_memory(1000, 50_000, 1_000_000)
+            .unwrap_err();
         assert!(err.to_string().contains("topk_kl"), "{err}");
-        FitnessKind::TopkKl { k: 10 }.check_target_memory(1000, 50_000, 1_000_000).unwrap();
+        FitnessKind::TopkKl { k: 10 }
+            .check_target_memory(1000, 50_000, 1_000_000)
+            .unwrap();
     }
 }

@@ -60,7 +60,10 @@ impl ModelSource {
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
         match self {
             ModelSource::Gguf(g) => Tokenizer::from_gguf(g).map(Some),
-            ModelSource::Hf(h) => h.tokenizer_path().map(|p| Tokenizer::from_file(&p)).transpose(),
+            ModelSource::Hf(h) => h
+                .tokenizer_path()
+                .map(|p| Tokenizer::from_file(&p))
+                .transpose(),
         }
     }
 }

@@ -172,7 +172,10 @@ impl Model {
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let (self_attn, mlp) = if c.arch == Arch::Phi3 {
-                let qkv = take(&format!("{p}.self_attn.qkv_proj.weight"), &[q_dim + 2 * kv_dim, h])?;
+                let qkv = take(
+                    &format!("{p}.self_attn.qkv_proj.weight"),
+                    &[q_dim + 2 * kv_dim, h],
+                )?;
                 let gate_up = take(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * inter, h])?;
                 let view = |w: &Weight, first, count| Linear {
                     weight: w.row_slice(first, count),
@@ -193,12 +196,14 @@ impl Model {
                 )
             } else {
                 let b = c.attention_bias;
+                // Llama's `attention_bias` also puts a bias on o_proj; Qwen2's never has one.
+                let o_bias = b && c.arch == Arch::Llama;
                 (
                     Attention {
                         q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, h, b)?,
                         k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, b)?,
                         v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, b)?,
-                        o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?,
+                        o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_dim, o_bias)?,
                     },
                     Mlp {
                         gate_proj: linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
@@ -210,7 +215,10 @@ impl Model {
             layers.push(Block {
                 input_layernorm: vector(&format!("{p}.input_layernorm.weight"), h)?,
                 self_attn,
-                post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                post_attention_layernorm: vector(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                )?,
                 mlp,
             });
         }

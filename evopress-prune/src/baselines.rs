@@ -74,12 +74,21 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn relative_update(before: &[f32], after: &[f32]) -> f64 {
-    let diff: f64 = before.iter().zip(after).map(|(&x, &y)| ((y - x) as f64).powi(2)).sum();
+    let diff: f64 = before
+        .iter()
+        .zip(after)
+        .map(|(&x, &y)| ((y - x) as f64).powi(2))
+        .sum();
     let norm: f64 = after.iter().map(|&y| (y as f64).powi(2)).sum();
     diff.sqrt() / norm.sqrt().max(1e-30)
 }
 
-fn boundary_stats<D: Device>(model: &Model, dev: &D, samples: &[Vec<u32>], k: usize) -> Result<BoundaryStats> {
+fn boundary_stats<D: Device>(
+    model: &Model,
+    dev: &D,
+    samples: &[Vec<u32>],
+    k: usize,
+) -> Result<BoundaryStats> {
     let n = model.layers.len();
     let hsz = model.hidden_size();
     let mut s = BoundaryStats {
@@ -142,7 +151,13 @@ fn whole_blocks(n: usize, blocks: &[usize]) -> DropConfig {
 }
 
 /// Runs a baseline dropping `k` whole blocks, scoring on `cal`'s samples.
-pub fn run<D: Device>(model: &Model, dev: &D, cal: &Calibration, method: Method, k: usize) -> Result<BaselineResult> {
+pub fn run<D: Device>(
+    model: &Model,
+    dev: &D,
+    cal: &Calibration,
+    method: Method,
+    k: usize,
+) -> Result<BaselineResult> {
     let n = model.layers.len();
     if k > n {
         return Err(Error::Invalid(format!("cannot drop {k} of {n} blocks")));
@@ -168,7 +183,9 @@ pub fn run<D: Device>(model: &Model, dev: &D, cal: &Calibration, method: Method,
             }
         }
         Method::Perplexity | Method::Kl => {
-            if (method == Method::Perplexity) != (cal.kind == evopress_core::fitness::FitnessKind::Ppl) {
+            if (method == Method::Perplexity)
+                != (cal.kind == evopress_core::fitness::FitnessKind::Ppl)
+            {
                 return Err(Error::Invalid(format!(
                     "baseline `{}` needs calibration targets of the matching fitness",
                     method.name()

@@ -75,7 +75,10 @@ impl DropConfig {
                 other => {
                     return Err(Error::format(
                         path,
-                        format!("line {}: `{other}` is not one of none, attn, mlp, attn+mlp", i + 1),
+                        format!(
+                            "line {}: `{other}` is not one of none, attn, mlp, attn+mlp",
+                            i + 1
+                        ),
                     ))
                 }
             };
@@ -86,7 +89,13 @@ impl DropConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        let idx = |v: &[bool]| v.iter().enumerate().filter(|(_, &d)| d).map(|(i, _)| i).collect();
+        let idx = |v: &[bool]| {
+            v.iter()
+                .enumerate()
+                .filter(|(_, &d)| d)
+                .map(|(i, _)| i)
+                .collect()
+        };
         toml::to_string(&DropToml {
             blocks: self.blocks(),
             attn: idx(&self.attn),
@@ -143,7 +152,13 @@ mod tests {
         assert_eq!(c.attn, vec![false, true, false, true]);
         assert_eq!(c.mlp, vec![false, false, true, true]);
         assert_eq!(c.to_original(), text);
-        assert_eq!(c.plan()[1], BlockPlan { attn: false, mlp: true });
+        assert_eq!(
+            c.plan()[1],
+            BlockPlan {
+                attn: false,
+                mlp: true
+            }
+        );
     }
 
     #[test]
@@ -153,7 +168,8 @@ mod tests {
         c.mlp[4] = true;
         let back = DropConfig::parse_toml(Path::new("x.toml"), &c.to_toml()).unwrap();
         assert_eq!(back, c);
-        let err = DropConfig::parse_toml(Path::new("x.toml"), "blocks = 2\nattn = [3]\nmlp = []\n").unwrap_err();
+        let err = DropConfig::parse_toml(Path::new("x.toml"), "blocks = 2\nattn = [3]\nmlp = []\n")
+            .unwrap_err();
         assert!(err.to_string().contains("attn"), "{err}");
     }
 

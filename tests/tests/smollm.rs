@@ -30,7 +30,10 @@ fn ppl(m: &LoadedModel, seq_len: usize, windows: usize) -> f64 {
 
 fn assert_rel(got: f64, want: f64, tol: f64) {
     let rel = (got - want).abs() / want;
-    assert!(rel <= tol, "got {got}, want {want} (relative error {rel:.2e} > {tol:.0e})");
+    assert!(
+        rel <= tol,
+        "got {got}, want {want} (relative error {rel:.2e} > {tol:.0e})"
+    );
 }
 
 #[test]
@@ -86,14 +89,25 @@ fn check_logits(m: &LoadedModel) {
             let mut order: Vec<usize> = (0..vocab).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             let top5: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
-            assert_eq!(top5, want.top5_ids, "top-5 ids at position {t} of {:?}", case.text);
+            assert_eq!(
+                top5, want.top5_ids,
+                "top-5 ids at position {t} of {:?}",
+                case.text
+            );
             for (&id, &l) in want.top5_ids.iter().zip(&want.top5_logits) {
                 let got = row[id as usize];
-                assert!((got - l).abs() <= 2e-3, "logit of {id} at {t}: {got} vs {l}");
+                assert!(
+                    (got - l).abs() <= 2e-3,
+                    "logit of {id} at {t}: {got} vs {l}"
+                );
             }
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
-            assert!((lse - want.logsumexp).abs() <= 2e-3, "logsumexp at {t}: {lse} vs {}", want.logsumexp);
+            assert!(
+                (lse - want.logsumexp).abs() <= 2e-3,
+                "logsumexp at {t}: {lse} vs {}",
+                want.logsumexp
+            );
         }
     }
 }
@@ -110,7 +124,10 @@ fn greedy_continuation_matches_reference() {
     let tok = m.tokenizer().unwrap();
     assert_eq!(tok.encode(&g.prompt).unwrap(), g.prompt_ids);
     let plan = vec![BlockPlan::FULL; m.model.layers.len()];
-    let ids = m.model.generate(&Cpu, &g.prompt_ids, g.new_ids.len(), None, &plan).unwrap();
+    let ids = m
+        .model
+        .generate(&Cpu, &g.prompt_ids, g.new_ids.len(), None, &plan)
+        .unwrap();
     assert_eq!(ids, g.new_ids);
     assert_eq!(tok.decode(&ids).unwrap(), g.new_text);
 }
@@ -121,8 +138,18 @@ fn converted_hf_directory_gives_identical_results() {
     let dir = tempfile::tempdir().unwrap();
     let src = evopress_core::ModelSource::open(&common::demo_model()).unwrap();
     let tensors = evopress_core::source::read_all(src.tensors()).unwrap();
-    evopress_core::hf::write_hf_dir(dir.path(), &src.config().unwrap(), tensors, evopress_kernels::DType::F32).unwrap();
-    src.tokenizer().unwrap().unwrap().save(&dir.path().join("tokenizer.json")).unwrap();
+    evopress_core::hf::write_hf_dir(
+        dir.path(),
+        &src.config().unwrap(),
+        tensors,
+        evopress_kernels::DType::F32,
+    )
+    .unwrap();
+    src.tokenizer()
+        .unwrap()
+        .unwrap()
+        .save(&dir.path().join("tokenizer.json"))
+        .unwrap();
     let hf = load_model(dir.path()).unwrap();
     check_logits(&hf);
     assert_rel(ppl(&hf, 128, 4), 31.4789, 1e-3);

@@ -7,7 +7,7 @@
 //! (tiny-qwen2), and fused qkv_proj / gate_up_proj (tiny-phi3).
 
 use evopress_core::hf::{check_shapes, HfDir};
-use evopress_core::model::Model;
+use evopress_core::load_model;
 use evopress_kernels::cpu::Cpu;
 use std::path::{Path, PathBuf};
 
@@ -40,14 +40,25 @@ fn logits_match_transformers() {
         check_shapes(hf.config(), &hf).unwrap_or_else(|e| panic!("{name}: {e}"));
 
         let reference = reference(&dir);
-        let model = Model::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let logits = model.logits(&Cpu, &reference.input_ids);
+        let model = load_model(&dir)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .model;
+        // All sequences in one batched forward: the batched path is what the search uses.
+        let flat: Vec<u32> = reference.input_ids.concat();
+        let batch = reference.input_ids.len();
+        let all = model.logits(&Cpu, &flat, batch).unwrap();
+        let per_seq = all.len() / batch;
+        let logits: Vec<&[f32]> = all.chunks_exact(per_seq).collect();
         assert_eq!(logits.len(), reference.logits.len(), "{name}: batch size");
 
         let mut worst = (0.0f32, 0, 0, 0);
         for (b, (got, want)) in logits.iter().zip(&reference.logits).enumerate() {
             let vocab = want[0].len();
-            assert_eq!(got.len(), want.len() * vocab, "{name}: sequence {b} logits length");
+            assert_eq!(
+                got.len(),
+                want.len() * vocab,
+                "{name}: sequence {b} logits length"
+            );
             for (pos, want_row) in want.iter().enumerate() {
                 let got_row = &got[pos * vocab..(pos + 1) * vocab];
                 for (v, (g, w)) in got_row.iter().zip(want_row).enumerate() {
