@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
 use evopress_core::{load_model, BlockPlan};
 use evopress_kernels::cpu::Cpu;
+use evopress_prune::drop_config;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,6 +23,9 @@ pub struct Args {
     /// Number of windows to score (default: all).
     #[arg(long)]
     windows: Option<usize>,
+    /// Drop the sub-blocks a depth config names (original `layer_drop_config.txt` or our TOML).
+    #[arg(long)]
+    drop_config: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -37,7 +41,11 @@ pub fn run(a: Args) -> Result<()> {
         .map(|p| TokenizedFile::read(p, tokenizer))
         .collect::<Result<Vec<_>, _>>()?;
     let windows = data::windows(&files, a.seq_len, a.windows)?;
-    let plan = vec![BlockPlan::FULL; loaded.model.layers.len()];
+    let n = loaded.model.layers.len();
+    let plan = match &a.drop_config {
+        Some(p) => drop_config::plan(&drop_config::read(p, n)?),
+        None => vec![BlockPlan::FULL; n],
+    };
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
     let sum = data::perplexity(&loaded.model, &Cpu, &windows, &plan, |i| {
@@ -56,6 +64,8 @@ pub fn run(a: Args) -> Result<()> {
             "tokens_scored": sum.tokens,
             "seconds": seconds,
             "load_seconds": (t1 - t0).as_secs_f64(),
+            "drop_config": a.drop_config,
+            "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
         });
         println!("{out}");
     } else {

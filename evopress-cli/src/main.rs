@@ -3,11 +3,15 @@
 //! The binary is thin: it parses flags and config files, calls the library crates, prints
 //! progress and writes results. Each subcommand lives in its own module.
 
+mod baseline;
 mod bench;
 mod convert;
 mod eval;
 mod generate;
+mod plot;
 mod progress;
+mod run_config;
+mod search;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,6 +34,11 @@ enum Command {
     Generate(generate::Args),
     /// Convert a GGUF file (or HF directory) into an HF directory other tools load.
     Convert(convert::Args),
+    /// EvoPress search for a compression backend, described by a TOML file.
+    Search(search::Args),
+    /// One-shot baselines for comparison with the search.
+    #[command(subcommand)]
+    Baseline(baseline::Command),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -46,6 +55,17 @@ fn main() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Search(a) => search::run(a),
+        Command::Baseline(c) => baseline::run(c),
         Command::Bench(c) => bench::run(c),
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
+/// half-written file and a killed process leaves the previous version.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use anyhow::Context;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }

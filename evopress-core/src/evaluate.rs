@@ -9,15 +9,8 @@
 use crate::error::Result;
 use crate::fitness::{DenseTargets, FitnessKind};
 use crate::model::{BlockPlan, Layout, Model};
+use crate::search::TokenSlice as Slice;
 use evopress_kernels::Device;
-use std::ops::Range;
-
-/// One piece of a stage's token budget: a prefix of calibration sample `sample`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slice {
-    pub sample: usize,
-    pub tokens: Range<usize>,
-}
 
 /// Calibration samples plus the dense model's targets on them.
 pub struct Calibration {

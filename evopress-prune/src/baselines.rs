@@ -3,8 +3,10 @@
 //! Hidden-state scores compare each block's input with its output *before* the final norm
 //! (the original compares the last block's pre-norm input with a post-norm output).
 
-use crate::DropConfig;
-use evopress_core::evaluate::{Calibration, Slice, StageCache};
+use crate::drop_config::whole_blocks;
+use evopress_core::evaluate::{Calibration, StageCache};
+use evopress_core::search::DropMask;
+use evopress_core::search::TokenSlice as Slice;
 use evopress_core::{BlockPlan, Error, Model, Result};
 use evopress_kernels::Device;
 
@@ -56,10 +58,11 @@ impl Method {
 
 /// Token-averaged similarity statistics between block boundaries.
 struct BoundaryStats {
-    /// `cos[i][j]`: mean cosine between the stream entering block i and entering block j
-    /// (j = n means the last block's output), for the pairs the methods need.
+    /// `cos_next[i]`: mean cosine between block i's input and output.
     cos_next: Vec<f64>,
+    /// `cos_window[s]`: mean cosine between the streams entering blocks s and s + k.
     cos_window: Vec<f64>,
+    /// `norm_ratio[i]`: mean `|out - in| / |out|` of block i.
     norm_ratio: Vec<f64>,
 }
 
@@ -137,17 +140,8 @@ fn k_smallest(scores: &[f64], k: usize) -> Vec<usize> {
 
 /// A baseline's choice and the per-candidate scores it was made from (lower = dropped first).
 pub struct BaselineResult {
-    pub config: DropConfig,
+    pub config: DropMask,
     pub scores: Vec<f64>,
-}
-
-fn whole_blocks(n: usize, blocks: &[usize]) -> DropConfig {
-    let mut c = DropConfig::dense(n);
-    for &b in blocks {
-        c.attn[b] = true;
-        c.mlp[b] = true;
-    }
-    c
 }
 
 /// Runs a baseline dropping `k` whole blocks, scoring on `cal`'s samples.
@@ -240,7 +234,7 @@ pub fn brute_force<D: Device>(
     legal: &[usize],
     k: usize,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(DropConfig, f64)> {
+) -> Result<(DropMask, f64)> {
     let n = model.layers.len();
     if k > legal.len() {
         return Err(Error::Invalid(format!(
@@ -251,11 +245,11 @@ pub fn brute_force<D: Device>(
     let combos = combinations(legal, k);
     let dense = vec![BlockPlan::FULL; n];
     let cache = StageCache::build(model, dev, cal, all_slices(cal), &dense, usize::MAX)?;
-    let mut best: Option<(DropConfig, f64)> = None;
+    let mut best: Option<(DropMask, f64)> = None;
     for (i, blocks) in combos.iter().enumerate() {
         let c = whole_blocks(n, blocks);
         let first = blocks.iter().copied().min().unwrap_or(n);
-        let f = cache.evaluate(model, dev, cal, &c.plan(), first)?;
+        let f = cache.evaluate(model, dev, cal, &crate::drop_config::plan(&c), first)?;
         if best.as_ref().is_none_or(|(_, b)| f < *b) {
             best = Some((c, f));
         }

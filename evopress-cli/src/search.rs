@@ -1,0 +1,316 @@
+//! `evopress search --config FILE`: the EvoPress search for a backend, end to end.
+//!
+//! Writes into the output directory: `checkpoint.json` (every generation, atomically; `--resume`
+//! continues from it), `history.jsonl` (a line per generation), `layer_drop_config.txt` (the
+//! current best, every generation, as the original does), and at the end `result.toml`,
+//! `drop_config.toml` and `convergence.svg`.
+
+use crate::progress;
+use crate::run_config::{tokenize_files, BackendSection, DepthBackend, EvalSection, RunConfig};
+use crate::{plot, write_atomically};
+use anyhow::{Context, Result};
+use evopress_core::data::{self, NllSum};
+use evopress_core::evaluate::Calibration;
+use evopress_core::search::{
+    DepthLayout, GenerationEvent, Observer, Search, SearchSpace, StageInfo,
+};
+use evopress_core::{load_model, BlockPlan, LoadedModel, Model};
+use evopress_kernels::cpu::Cpu;
+use evopress_prune::{drop_config, DepthEvaluator};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run's TOML file (see `examples/`).
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the output directory's checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many generations in this invocation (the checkpoint stays resumable).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+const GB: f64 = 1e9;
+
+/// Perplexity on the held-out files with sub-blocks run according to `plan`.
+pub fn held_out_ppl(
+    loaded: &LoadedModel,
+    eval: &EvalSection,
+    plan: &[BlockPlan],
+    quiet: bool,
+) -> Result<NllSum> {
+    let files = tokenize_files(&eval.files, "eval.files", loaded.tokenizer()?)?;
+    let windows = data::windows(&files, eval.seq_len, eval.windows)?;
+    let bar = progress::bar(windows.len(), "held-out", quiet);
+    let sum = data::perplexity(&loaded.model, &Cpu, &windows, plan, |i| {
+        bar.set_position(i as u64)
+    })?;
+    bar.finish_and_clear();
+    Ok(sum)
+}
+
+/// The calibration windows and the dense model's targets on them, with a memory check first.
+pub fn calibrate(loaded: &LoadedModel, cfg: &RunConfig, quiet: bool) -> Result<Calibration> {
+    let samples = cfg.calibration.windows(loaded.tokenizer()?)?;
+    let kind = cfg.fitness.kind();
+    let positions: usize = samples.iter().map(|s| s.len() - 1).sum();
+    kind.check_target_memory(
+        positions,
+        loaded.model.vocab_size(),
+        (cfg.fitness.max_target_gb * GB) as usize,
+    )?;
+    let bar = progress::bar(samples.len(), "dense", quiet);
+    let cal = Calibration::new(&loaded.model, &Cpu, samples, kind, |i| {
+        bar.set_position(i as u64)
+    })?;
+    bar.finish_and_clear();
+    Ok(cal)
+}
+
+/// Identifies the model file for checkpoints: its config and size, cheap to compute.
+fn model_identity(path: &Path, model: &Model) -> String {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    format!("{}:{size}:{:?}", path.display(), model.config)
+}
+
+pub fn depth_space(model: &Model, b: &DepthBackend) -> Result<(DepthLayout, SearchSpace, usize)> {
+    let n = model.layers.len();
+    let k = b.k(n)?;
+    let layout = DepthLayout {
+        n_blocks: n,
+        entire_block: b.drop_entire_block,
+    };
+    let legal = b
+        .legal
+        .as_ref()
+        .map(|p| drop_config::read(p, n))
+        .transpose()?;
+    let space = layout.space(k, legal.as_ref())?;
+    Ok((layout, space, k))
+}
+
+/// Draws bars, appends `history.jsonl` and rewrites the current best config each generation.
+struct RunObserver {
+    bar: ProgressBar,
+    history: std::fs::File,
+    out: PathBuf,
+    layout: DepthLayout,
+    generations_left: Option<usize>,
+}
+
+impl Observer for RunObserver {
+    fn stage_started(&mut self, s: &StageInfo) {
+        self.bar.set_message(format!(
+            "gen {} stage {}: {} candidates x {} tokens",
+            s.generation, s.stage, s.candidates, s.tokens
+        ));
+    }
+
+    fn generation_finished(&mut self, e: &GenerationEvent) -> ControlFlow<()> {
+        let line = serde_json::json!({
+            "generation": e.record.generation,
+            "fitness": e.record.best_fitness,
+            "evaluations": e.record.evaluations,
+            "tokens": e.record.tokens,
+            "seconds": e.seconds,
+        });
+        let written = writeln!(self.history, "{line}")
+            .map_err(anyhow::Error::from)
+            .and_then(|_| {
+                let text = drop_config::to_original(&self.layout.drops(e.best));
+                write_atomically(&self.out.join("layer_drop_config.txt"), text.as_bytes())
+            });
+        if let Err(err) = written {
+            eprintln!("warning: could not write progress files: {err:#}");
+        }
+        self.bar.set_position(e.record.generation as u64);
+        self.bar
+            .set_message(format!("fitness {:.5}", e.record.best_fitness));
+        match &mut self.generations_left {
+            Some(0) | Some(1) => ControlFlow::Break(()),
+            Some(n) => {
+                *n -= 1;
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Continue(()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResultFile {
+    backend: &'static str,
+    model: PathBuf,
+    k: usize,
+    fitness: String,
+    best_fitness: f64,
+    generations: usize,
+    evaluations: usize,
+    tokens_evaluated: u64,
+    search_seconds: f64,
+    budget: evopress_core::search::BudgetReport,
+    dropped: DroppedSection,
+    held_out: HeldOut,
+    /// The chosen level per unit (for depth: 1 = dropped), in unit order.
+    levels: toml::Table,
+}
+
+#[derive(Serialize)]
+struct DroppedSection {
+    attn: Vec<usize>,
+    mlp: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct HeldOut {
+    dense_perplexity: f64,
+    compressed_perplexity: f64,
+    tokens_scored: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = RunConfig::read(&a.config)?;
+    let BackendSection::Depth(backend) = &cfg.backend;
+    let out = &cfg.output.dir;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let loaded = load_model(&cfg.model.path)
+        .with_context(|| format!("loading {}", cfg.model.path.display()))?;
+    let model = &loaded.model;
+    let (layout, space, k) = depth_space(model, backend)?;
+
+    let cal = calibrate(&loaded, &cfg, a.quiet)?;
+    let lens = cal.sample_lens();
+    let identity = format!(
+        "{};{:?};{:?}",
+        model_identity(&cfg.model.path, model),
+        cfg.fitness.kind(),
+        cfg.calibration
+    );
+    let search = Search::new(&space, &cfg.search, &lens)?.with_identity(&identity);
+    let cache_cap = (cfg.fitness.stage_cache_gb * GB) as usize;
+    let mut evaluator = DepthEvaluator::new(model, &Cpu, &cal, layout, cache_cap);
+
+    let checkpoint = out.join("checkpoint.json");
+    let started = Instant::now();
+    let state = if a.resume && checkpoint.exists() {
+        search.resume(&checkpoint)?
+    } else {
+        let s = search.initialize(&mut evaluator, &mut ())?;
+        search.save_checkpoint(&s, &checkpoint)?;
+        s
+    };
+    // history.jsonl is rebuilt from the checkpoint so it never holds lines of a lost generation.
+    let mut history = std::fs::File::create(out.join("history.jsonl"))?;
+    for r in &state.history {
+        writeln!(
+            history,
+            "{}",
+            serde_json::json!({
+                "generation": r.generation, "fitness": r.best_fitness,
+                "evaluations": r.evaluations, "tokens": r.tokens,
+            })
+        )?;
+    }
+    let bar = progress::bar(cfg.search.generations, "generations", a.quiet);
+    bar.set_position(state.generation as u64);
+    let mut observer = RunObserver {
+        bar,
+        history,
+        out: out.clone(),
+        layout,
+        generations_left: a.stop_after,
+    };
+    let state = search.run(state, &mut evaluator, &mut observer, Some(&checkpoint))?;
+    observer.bar.finish_and_clear();
+    let search_seconds = started.elapsed().as_secs_f64();
+    if state.generation < cfg.search.generations {
+        println!(
+            "stopped after generation {} of {}; continue with --resume",
+            state.generation, cfg.search.generations
+        );
+        return Ok(());
+    }
+
+    // The winner is written, then read back from the file for the final evaluation, so the
+    // numbers printed belong to the configuration on disk.
+    let best = state.best().clone();
+    let config_path = out.join("layer_drop_config.txt");
+    write_atomically(
+        &config_path,
+        drop_config::to_original(&layout.drops(&best)).as_bytes(),
+    )?;
+    write_atomically(
+        &out.join("drop_config.toml"),
+        drop_config::to_toml(&layout.drops(&best)).as_bytes(),
+    )?;
+    let reloaded = drop_config::read(&config_path, model.layers.len())?;
+    let dense = held_out_ppl(
+        &loaded,
+        &cfg.eval,
+        &vec![BlockPlan::FULL; model.layers.len()],
+        a.quiet,
+    )?;
+    let pruned = held_out_ppl(&loaded, &cfg.eval, &drop_config::plan(&reloaded), a.quiet)?;
+
+    let idx = |v: &[bool]| {
+        v.iter()
+            .enumerate()
+            .filter(|(_, &d)| d)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let last = state.history.last().expect("a finished run has history");
+    let result = ResultFile {
+        backend: "depth",
+        model: cfg.model.path.clone(),
+        k,
+        fitness: format!("{:?}", cfg.fitness.kind()),
+        best_fitness: last.best_fitness,
+        generations: state.generation,
+        evaluations: state.history.iter().map(|r| r.evaluations).sum(),
+        tokens_evaluated: state.history.iter().map(|r| r.tokens).sum(),
+        search_seconds,
+        budget: space.budget_report(&best),
+        dropped: DroppedSection {
+            attn: idx(&reloaded.attn),
+            mlp: idx(&reloaded.mlp),
+        },
+        held_out: HeldOut {
+            dense_perplexity: dense.perplexity(),
+            compressed_perplexity: pruned.perplexity(),
+            tokens_scored: pruned.tokens,
+        },
+        levels: space
+            .units()
+            .iter()
+            .map(|u| u.name.clone())
+            .zip(space.level_ids(&best))
+            .map(|(name, level)| (name, toml::Value::from(level)))
+            .collect(),
+    };
+    write_atomically(
+        &out.join("result.toml"),
+        toml::to_string(&result)?.as_bytes(),
+    )?;
+    plot::convergence_svg(&out.join("convergence.svg"), &state.history)?;
+    println!(
+        "dropped attn {:?} mlp {:?}\nheld-out perplexity: dense {:.4} -> pruned {:.4} ({} tokens)\nresults in {}",
+        result.dropped.attn,
+        result.dropped.mlp,
+        result.held_out.dense_perplexity,
+        result.held_out.compressed_perplexity,
+        result.held_out.tokens_scored,
+        out.display()
+    );
+    Ok(())
+}
