@@ -1,0 +1,456 @@
+//! SparseGPT ("FastOBC" in the original, SPEC §5.1): prune a linear layer to a target sparsity
+//! while compensating the error with the remaining weights, using the layer-input Hessian.
+//!
+//! The problem, per row `w` of `W` (rows are independent): minimise the output error on the
+//! calibration inputs, `(w - w_hat) H (w - w_hat)^T` with `H = sum X^T X`, subject to the
+//! sparsity. Optimal Brain Surgeon answers it one weight at a time: zeroing weight `j` costs
+//! `w_j^2 / [H^-1]_jj`, and the best fix-up of the other weights is `-(w_j / [H^-1]_jj) * H^-1[j, :]`.
+//!
+//! SparseGPT walks the columns left to right and never revisits one, so after column `j` has been
+//! handled only the columns `> j` matter. The inverse Hessian restricted to those columns is what
+//! Gaussian elimination of `H^-1` leaves behind, and all of those successive inverses are read off
+//! one matrix: the upper Cholesky factor `U` of `H^-1` (`H^-1 = U^T U`). Row `j` of `U`, divided by
+//! `U_jj`, is the OBS update direction for column `j` given that columns `< j` are already fixed,
+//! and `U_jj^2` is the matching `[H^-1]_jj`. Hence, for column `j` of a row:
+//!
+//! ```text
+//!   q    = 0 if pruned else w_j        the new value of w_j
+//!   err  = (w_j - q) / U_jj            the scaled error
+//!   w[j..] -= err * U[j, j..]          OBS compensation; sets w_j to q exactly
+//! ```
+//!
+//! Columns are processed in blocks of 128. Inside a block the updates are applied eagerly (small,
+//! in cache); the effect on all later columns is deferred and applied once per block as one matrix
+//! product, `W[:, c2..] -= Err[:, block] @ U[block, c2..]` (the "lazy batch update"). This is the
+//! same arithmetic, reordered so that almost all flops are in a GEMM.
+//!
+//! Mask selection is adaptive: at the start of each block, score every weight of the block by the
+//! OBS saliency `w^2 / U_jj^2` (with the block's weights already updated by earlier blocks) and
+//! prune the block's share of the target with the smallest scores, across all rows at once.
+
+use faer::linalg::matmul::matmul;
+use faer::solvers::SolverCore;
+use faer::{Mat, Parallelism, Side};
+use rayon::prelude::*;
+
+use crate::{check_shape, SparseError};
+
+/// Solver hyper-parameters (the original's defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SparseGptConfig {
+    /// Dampening added to the Hessian diagonal, relative to its mean (`--rel_damp`, 0.01).
+    pub rel_damp: f64,
+    /// Columns per block for mask selection and the lazy update (`--block_size`, 128).
+    pub block_size: usize,
+}
+
+impl Default for SparseGptConfig {
+    fn default() -> Self {
+        Self {
+            rel_damp: 0.01,
+            block_size: 128,
+        }
+    }
+}
+
+/// One layer prepared for pruning: the dense weights and the Cholesky factor of the inverse
+/// Hessian, computed once and shared by every sparsity level (each level starts from the
+/// original `W`, as in the original).
+pub struct SparseGpt {
+    rows: usize,
+    cols: usize,
+    block_size: usize,
+    /// The input `W`, untouched (level 0% returns it as is).
+    w: Vec<f32>,
+    /// Inputs never seen in calibration (`H_jj == 0`): their weights are zeroed at every level > 0%.
+    dead: Vec<usize>,
+    /// `U`, upper Cholesky factor of the damped `H^-1`, `[cols, cols]` row-major (zeros below the
+    /// diagonal). Factorised in f64, stored in f32 like the original's fp32 loop.
+    u: Vec<f32>,
+}
+
+impl SparseGpt {
+    /// Prepares `W` (`[rows, cols]`, row-major, a linear's `[out, in]`) with its Hessian `H`
+    /// (`[cols, cols]`, f32 or f64, any positive scale since the damping is relative).
+    ///
+    /// Steps (SPEC §5.1, 2-4): dead inputs get `H_jj = 1` and their column of `W` zeroed; `H` is
+    /// damped by `rel_damp * mean(diag H)`; every all-zero column of `W` is decoupled in `H`
+    /// (its row and column zeroed, diagonal 1) so it neither moves nor is moved; then
+    /// `U = chol_upper(chol_inverse(H))`, all in f64.
+    pub fn new<T: Copy + Into<f64>>(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        h: &[T],
+        config: SparseGptConfig,
+    ) -> Result<Self, SparseError> {
+        check_shape("weight W", w, rows, cols)?;
+        check_shape("Hessian H", h, cols, cols)?;
+        assert!(config.block_size > 0, "block_size must be positive");
+
+        let mut hd = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j].into());
+        for i in 0..cols {
+            for j in 0..cols {
+                let value = hd.read(i, j);
+                if !value.is_finite() {
+                    return Err(SparseError::NonFiniteHessian {
+                        row: i,
+                        col: j,
+                        value,
+                    });
+                }
+            }
+        }
+
+        // Dead inputs: never active on calibration data, so nothing constrains their weights.
+        let dead: Vec<usize> = (0..cols).filter(|&j| hd.read(j, j) == 0.0).collect();
+        for &j in &dead {
+            hd.write(j, j, 1.0);
+        }
+        let damp = config.rel_damp * (0..cols).map(|j| hd.read(j, j)).sum::<f64>() / cols as f64;
+        for j in 0..cols {
+            hd.write(j, j, hd.read(j, j) + damp);
+        }
+
+        // All-zero columns of W (after zeroing the dead ones) stay zero whatever the level:
+        // decouple them so the factorisation treats them as independent unit inputs.
+        let mut zero_col = vec![true; cols];
+        for row in w.chunks_exact(cols) {
+            for (z, &x) in zero_col.iter_mut().zip(row) {
+                *z &= x == 0.0;
+            }
+        }
+        for &j in &dead {
+            zero_col[j] = true;
+        }
+        for j in (0..cols).filter(|&j| zero_col[j]) {
+            for k in 0..cols {
+                hd.write(j, k, 0.0);
+                hd.write(k, j, 0.0);
+            }
+            hd.write(j, j, 1.0);
+        }
+
+        // H^-1 from the Cholesky factor of H, then H^-1 = L L^T and U = L^T.
+        let hinv = hd
+            .cholesky(Side::Lower)
+            .map_err(|_| SparseError::NotPositiveDefinite("the damped Hessian H"))?
+            .inverse();
+        let l = hinv
+            .cholesky(Side::Lower)
+            .map_err(|_| SparseError::NotPositiveDefinite("the inverse Hessian H^-1"))?
+            .compute_l();
+        let mut u = vec![0.0f32; cols * cols];
+        for i in 0..cols {
+            for j in i..cols {
+                u[i * cols + j] = l.read(j, i) as f32;
+            }
+        }
+
+        Ok(Self {
+            rows,
+            cols,
+            block_size: config.block_size,
+            w: w.to_vec(),
+            dead,
+            u,
+        })
+    }
+
+    /// `[rows, cols]` of the layer.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Prunes a fresh copy of `W` to `sparsity` and returns it (`[rows, cols]`, row-major).
+    ///
+    /// Exactly `round(sparsity * rows * cols)` weights are selected for pruning, spread over the
+    /// column blocks in proportion to their size (the original rounds per block, so its total can
+    /// drift by up to one weight per block). Weights of dead inputs are zeroed on top of that,
+    /// but are always the first ones selected, since their score is 0. `sparsity == 0` returns
+    /// `W` bit for bit; `sparsity == 1` returns all zeros.
+    pub fn prune(&self, sparsity: f64) -> Result<Vec<f32>, SparseError> {
+        if !(0.0..=1.0).contains(&sparsity) {
+            return Err(SparseError::Sparsity(sparsity));
+        }
+        let (rows, cols, bs) = (self.rows, self.cols, self.block_size);
+        let mut w = self.w.clone();
+        // Number of weights to prune among the first `n` (in column-block order).
+        let target = |n: usize| ((sparsity * n as f64).round() as usize).min(n);
+        if target(rows * cols) == 0 {
+            return Ok(w);
+        }
+        for row in w.chunks_exact_mut(cols) {
+            for &j in &self.dead {
+                row[j] = 0.0;
+            }
+        }
+
+        let u = &self.u;
+        let mut errs = vec![0.0f32; rows * bs];
+        let mut pruned = vec![false; rows * bs];
+        let mut scores = Vec::with_capacity(rows * bs);
+        for c1 in (0..cols).step_by(bs) {
+            let c2 = (c1 + bs).min(cols);
+            let width = c2 - c1;
+            let errs = &mut errs[..rows * width];
+            let pruned = &mut pruned[..rows * width];
+
+            let k = target(rows * c2) - target(rows * c1);
+            self.select_mask(&w, c1, c2, k, &mut scores, pruned);
+
+            // Column sweep inside the block, every row independently.
+            w.par_chunks_mut(cols)
+                .zip(errs.par_chunks_mut(width))
+                .zip(pruned.par_chunks(width))
+                .for_each(|((row, err), mask)| {
+                    let wb = &mut row[c1..c2];
+                    for i in 0..width {
+                        let j = c1 + i;
+                        let q = if mask[i] { 0.0 } else { wb[i] };
+                        let e = (wb[i] - q) / u[j * cols + j];
+                        err[i] = e;
+                        if e != 0.0 {
+                            let u_row = &u[j * cols + j + 1..j * cols + c2];
+                            for (x, &uij) in wb[i + 1..].iter_mut().zip(u_row) {
+                                *x -= e * uij;
+                            }
+                        }
+                        wb[i] = q;
+                    }
+                });
+
+            // Lazy batch update of every later column: W[:, c2..] -= Err @ U[c1..c2, c2..].
+            if c2 < cols && k > 0 {
+                let rest = cols - c2;
+                let acc =
+                    faer::mat::from_row_major_slice_with_stride_mut(&mut w[c2..], rows, rest, cols);
+                let lhs = faer::mat::from_row_major_slice(errs, rows, width);
+                let rhs = faer::mat::from_row_major_slice_with_stride(
+                    &u[c1 * cols + c2..],
+                    width,
+                    rest,
+                    cols,
+                );
+                matmul(acc, lhs, rhs, Some(1.0), -1.0, Parallelism::Rayon(0));
+            }
+        }
+        Ok(w)
+    }
+
+    /// Prunes to every sparsity in `sparsities` (levels run in parallel; each holds one copy of
+    /// `W`). The result is in the order of `sparsities`.
+    pub fn prune_levels(&self, sparsities: &[f64]) -> Result<Vec<Vec<f32>>, SparseError> {
+        sparsities.par_iter().map(|&p| self.prune(p)).collect()
+    }
+
+    /// Marks the `k` weights of block `[c1, c2)` with the smallest OBS score `w^2 / U_jj^2` in
+    /// `pruned` (`[rows, c2 - c1]` row-major). Ties go to the lower index, so the mask is
+    /// deterministic.
+    fn select_mask(
+        &self,
+        w: &[f32],
+        c1: usize,
+        c2: usize,
+        k: usize,
+        scores: &mut Vec<(f32, u32)>,
+        pruned: &mut [bool],
+    ) {
+        let width = c2 - c1;
+        pruned.fill(false);
+        if k == 0 {
+            return;
+        }
+        if k >= pruned.len() {
+            pruned.fill(true);
+            return;
+        }
+        scores.clear();
+        for (r, row) in w.chunks_exact(self.cols).enumerate() {
+            for (i, &x) in row[c1..c2].iter().enumerate() {
+                let d = self.u[(c1 + i) * self.cols + c1 + i];
+                scores.push(((x * x) / (d * d), (r * width + i) as u32));
+            }
+        }
+        let by_score = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        scores.select_nth_unstable_by(k - 1, by_score);
+        for &(_, idx) in &scores[..k] {
+            pruned[idx as usize] = true;
+        }
+    }
+}
+
+/// Magnitude pruning, the baseline SparseGPT must beat: zero the `round(sparsity * numel)`
+/// weights of smallest absolute value in the whole matrix (ties to the lower index).
+pub fn magnitude_prune(w: &[f32], sparsity: f64) -> Result<Vec<f32>, SparseError> {
+    if !(0.0..=1.0).contains(&sparsity) {
+        return Err(SparseError::Sparsity(sparsity));
+    }
+    let k = ((sparsity * w.len() as f64).round() as usize).min(w.len());
+    let mut out = w.to_vec();
+    if k == 0 {
+        return Ok(out);
+    }
+    let mut order: Vec<(f32, u32)> = w
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.abs(), i as u32))
+        .collect();
+    order.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in &order[..k] {
+        out[i as usize] = 0.0;
+    }
+    Ok(out)
+}
+
+/// Relative output error of a compressed layer on the calibration inputs (SPEC §6.4's NMSE):
+///
+/// ```text
+///   tr(dW H dW^T) / tr(W H W^T),   dW = W - W_hat
+/// ```
+///
+/// `H` is used as given (pass the undamped Hessian; the original's error estimator only sets a
+/// zero diagonal to 1 first). Both traces are computed in f64 as `sum((dW H) .* dW)`.
+pub fn rel_error<T: Copy + Into<f64>>(
+    w: &[f32],
+    w_hat: &[f32],
+    h: &[T],
+    rows: usize,
+    cols: usize,
+) -> Result<f64, SparseError> {
+    check_shape("weight W", w, rows, cols)?;
+    check_shape("compressed weight W_hat", w_hat, rows, cols)?;
+    check_shape("Hessian H", h, cols, cols)?;
+    let hm = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j].into());
+    let quadratic_form = |m: &Mat<f64>| {
+        let mut mh = Mat::<f64>::zeros(rows, cols);
+        matmul(
+            mh.as_mut(),
+            m.as_ref(),
+            hm.as_ref(),
+            None,
+            1.0,
+            Parallelism::Rayon(0),
+        );
+        let mut sum = 0.0;
+        for j in 0..cols {
+            for i in 0..rows {
+                sum += mh.read(i, j) * m.read(i, j);
+            }
+        }
+        sum
+    };
+    let dw = Mat::<f64>::from_fn(rows, cols, |i, j| {
+        w[i * cols + j] as f64 - w_hat[i * cols + j] as f64
+    });
+    let wm = Mat::<f64>::from_fn(rows, cols, |i, j| w[i * cols + j] as f64);
+    Ok(quadratic_form(&dw) / quadratic_form(&wm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A small layer: random W and H = X^T X from uniform random X, with input 3 dead.
+    fn small_layer(rows: usize, cols: usize) -> (Vec<f32>, Vec<f64>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let tokens = 3 * cols;
+        let x: Vec<f64> = (0..tokens * cols)
+            .map(|k| {
+                if k % cols == 3 {
+                    0.0
+                } else {
+                    rng.gen_range(-1.0..1.0)
+                }
+            })
+            .collect();
+        let mut h = vec![0.0; cols * cols];
+        for t in x.chunks_exact(cols) {
+            for i in 0..cols {
+                for j in 0..cols {
+                    h[i * cols + j] += t[i] * t[j];
+                }
+            }
+        }
+        let w = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        (w, h)
+    }
+
+    /// U^T U must be the inverse of the damped Hessian with the dead input decoupled.
+    #[test]
+    fn u_is_the_upper_cholesky_factor_of_the_inverse_hessian() {
+        let (rows, cols) = (4, 40);
+        let (w, mut h) = small_layer(rows, cols);
+        let sgpt = SparseGpt::new(&w, rows, cols, &h, SparseGptConfig::default()).unwrap();
+        h[3 * cols + 3] = 1.0;
+        let damp = 0.01 * (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
+        for j in 0..cols {
+            h[j * cols + j] += damp;
+        }
+        // The dead input's column of W is zero, so it is decoupled after the damping.
+        h[3 * cols + 3] = 1.0;
+        let u = |i: usize, j: usize| sgpt.u[i * cols + j] as f64;
+        for i in 0..cols {
+            for j in 0..i {
+                assert_eq!(u(i, j), 0.0, "U is upper triangular");
+            }
+            // (U^T U H)[i, j] = identity
+            for j in 0..cols {
+                let mut s = 0.0;
+                for k in 0..cols {
+                    let utu: f64 = (0..cols).map(|m| u(m, i) * u(m, k)).sum();
+                    s += utu * h[k * cols + j];
+                }
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-4, "(U^T U H)[{i}, {j}] = {s}");
+            }
+        }
+    }
+
+    /// The lazy batch update only reorders the arithmetic: applying every column's OBS update to
+    /// all later columns at once (no blocks in the update) gives the same weights.
+    #[test]
+    fn lazy_batch_update_equals_eager_updates() {
+        let (rows, cols) = (16, 300);
+        let (w, h) = small_layer(rows, cols);
+        let sgpt = SparseGpt::new(&w, rows, cols, &h, SparseGptConfig::default()).unwrap();
+        let p = 0.6;
+        let lazy = sgpt.prune(p).unwrap();
+
+        let mut eager = w.clone();
+        for row in eager.chunks_exact_mut(cols) {
+            row[3] = 0.0;
+        }
+        let target = |n: usize| (p * n as f64).round() as usize;
+        let (mut scores, mut pruned) = (Vec::new(), vec![false; rows * 128]);
+        for c1 in (0..cols).step_by(128) {
+            let c2 = (c1 + 128).min(cols);
+            let width = c2 - c1;
+            let k = target(rows * c2) - target(rows * c1);
+            sgpt.select_mask(&eager, c1, c2, k, &mut scores, &mut pruned[..rows * width]);
+            for (r, row) in eager.chunks_exact_mut(cols).enumerate() {
+                for j in c1..c2 {
+                    let q = if pruned[r * width + j - c1] {
+                        0.0
+                    } else {
+                        row[j]
+                    };
+                    let e = (row[j] - q) / sgpt.u[j * cols + j];
+                    for (x, &ujm) in row[j..]
+                        .iter_mut()
+                        .zip(&sgpt.u[j * cols + j..(j + 1) * cols])
+                    {
+                        *x -= e * ujm;
+                    }
+                    row[j] = q;
+                }
+            }
+        }
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (a, b) in lazy.iter().zip(&eager) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
+        }
+    }
+}
