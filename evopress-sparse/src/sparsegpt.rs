@@ -71,7 +71,8 @@ pub struct SparseGpt {
 
 impl SparseGpt {
     /// Prepares `W` (`[rows, cols]`, row-major, a linear's `[out, in]`) with its Hessian `H`
-    /// (`[cols, cols]`, f32 or f64, any positive scale since the damping is relative).
+    /// (`[cols, cols]`, symmetric, f32 or f64, any positive scale since the damping is
+    /// relative; like `torch.linalg.cholesky`, only its lower triangle is read).
     ///
     /// Steps (SPEC §5.1, 2-4): dead inputs get `H_jj = 1` and their column of `W` zeroed; `H` is
     /// damped by `rel_damp * mean(diag H)`; every all-zero column of `W` is decoupled in `H`
@@ -88,28 +89,24 @@ impl SparseGpt {
         check_shape("Hessian H", h, cols, cols)?;
         assert!(config.block_size > 0, "block_size must be positive");
 
-        let mut hd = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j].into());
-        for i in 0..cols {
-            for j in 0..cols {
-                let value = hd.read(i, j);
-                if !value.is_finite() {
-                    return Err(SparseError::NonFiniteHessian {
-                        row: i,
-                        col: j,
-                        value,
-                    });
-                }
-            }
+        let mut hd: Vec<f64> = h.iter().map(|&x| x.into()).collect();
+        if let Some(k) = hd.iter().position(|x| !x.is_finite()) {
+            return Err(SparseError::NonFiniteHessian {
+                row: k / cols,
+                col: k % cols,
+                value: hd[k],
+            });
         }
+        let diag = |j: usize| j * cols + j;
 
         // Dead inputs: never active on calibration data, so nothing constrains their weights.
-        let dead: Vec<usize> = (0..cols).filter(|&j| hd.read(j, j) == 0.0).collect();
+        let dead: Vec<usize> = (0..cols).filter(|&j| hd[diag(j)] == 0.0).collect();
         for &j in &dead {
-            hd.write(j, j, 1.0);
+            hd[diag(j)] = 1.0;
         }
-        let damp = config.rel_damp * (0..cols).map(|j| hd.read(j, j)).sum::<f64>() / cols as f64;
+        let damp = config.rel_damp * (0..cols).map(|j| hd[diag(j)]).sum::<f64>() / cols as f64;
         for j in 0..cols {
-            hd.write(j, j, hd.read(j, j) + damp);
+            hd[diag(j)] += damp;
         }
 
         // All-zero columns of W (after zeroing the dead ones) stay zero whatever the level:
@@ -125,13 +122,13 @@ impl SparseGpt {
         }
         for j in (0..cols).filter(|&j| zero_col[j]) {
             for k in 0..cols {
-                hd.write(j, k, 0.0);
-                hd.write(k, j, 0.0);
+                hd[j * cols + k] = 0.0;
+                hd[k * cols + j] = 0.0;
             }
-            hd.write(j, j, 1.0);
+            hd[diag(j)] = 1.0;
         }
 
-        let u = upper_cholesky_of_inverse(&hd)?;
+        let u = upper_cholesky_of_inverse(&hd, cols)?;
         Ok(Self {
             rows,
             cols,
@@ -307,19 +304,32 @@ fn obs_sweep_kernel() -> SweepFn {
 ///
 /// Cholesky factors with a positive diagonal are unique, so this is the same `U`, in half the
 /// flops and without squaring the condition number by forming `H^-1` first.
-fn upper_cholesky_of_inverse(h: &Mat<f64>) -> Result<Vec<f32>, SparseError> {
-    let n = h.nrows();
-    let reversed = Mat::<f64>::from_fn(n, n, |i, j| h.read(n - 1 - i, n - 1 - j));
+fn upper_cholesky_of_inverse(h: &[f64], n: usize) -> Result<Vec<f32>, SparseError> {
+    // J H J as a column-major matrix: its column j is row n-1-j of H, reversed (H is symmetric;
+    // the Cholesky reads the lower triangle of J H J, which is the lower triangle of H).
+    let mut reversed = Mat::<f64>::zeros(n, n);
+    for j in 0..n {
+        let row = &h[(n - 1 - j) * n..(n - j) * n];
+        for (dst, &x) in reversed
+            .col_as_slice_mut(j)
+            .iter_mut()
+            .zip(row.iter().rev())
+        {
+            *dst = x;
+        }
+    }
     let l = reversed
         .cholesky(Side::Lower)
         .map_err(|_| SparseError::NotPositiveDefinite("the damped Hessian H"))?
         .compute_l();
     let mut l_inv = Mat::<f64>::zeros(n, n);
     invert_lower_triangular(l_inv.as_mut(), l.as_ref(), Parallelism::Rayon(0));
+    // U[i][j] = L^-1[n-1-i][n-1-j], read column by column from L^-1.
     let mut u = vec![0.0f32; n * n];
-    for i in 0..n {
-        for j in i..n {
-            u[i * n + j] = l_inv.read(n - 1 - i, n - 1 - j) as f32;
+    for j in 0..n {
+        let col = l_inv.col_as_slice(n - 1 - j);
+        for i in 0..=j {
+            u[i * n + j] = col[n - 1 - i] as f32;
         }
     }
     Ok(u)
