@@ -11,7 +11,7 @@
 //! p = 1/16 the mask costs more than it saves, so such variants are stored dense (no mask).
 //!
 //! Rows decode independently (an index of where each row's values start is rebuilt from the mask,
-//! not stored), so a consumer can stream a matrix row block by row block with [`Encoded::decode_rows`].
+//! not stored), so a consumer can stream a matrix in row blocks with [`Encoded::decode_rows`].
 
 use std::ops::Range;
 

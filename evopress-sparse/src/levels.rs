@@ -122,7 +122,7 @@ pub fn py_floordiv(a: f64, b: f64) -> f64 {
 mod tests {
     use super::*;
 
-    /// SPEC §3.2's level-range table (wd = 1e6, L = 8): (layer numel, [range at s = 0.5, 0.6, 0.7]).
+    /// SPEC §3.2's level-range table (wd = 1e6, L = 8): (layer, numel, ranges at s = .5, .6, .7).
     #[test]
     fn matches_spec_level_range_table() {
         type Row = (&'static str, usize, [(i32, i32); 3]);

@@ -2,9 +2,9 @@
 //! level scheme that makes levels tradeable across layers of any size, and a compact codec for the
 //! sparse variants.
 //!
-//! Everything here works on plain row-major matrices (`W` is a linear's `[out, in]` weight, `H` the
-//! `[in, in]` Hessian `sum X^T X` of its inputs); the block-wise calibration engine that produces `H`
-//! and the store that persists the variants live elsewhere.
+//! Everything here works on plain row-major matrices (`W` is a linear's `[out, in]` weight, `H`
+//! the `[in, in]` Hessian `sum X^T X` of its inputs); the block-wise calibration engine that
+//! produces `H` and the store that persists the variants live elsewhere.
 //!
 //! - [`sparsegpt`]: SparseGPT (SPEC §5.1), magnitude pruning, and the relative layer error.
 //! - [`levels`]: the original's `weights_diff` level scheme (SPEC §3.2).

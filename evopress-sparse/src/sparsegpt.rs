@@ -4,14 +4,15 @@
 //! The problem, per row `w` of `W` (rows are independent): minimise the output error on the
 //! calibration inputs, `(w - w_hat) H (w - w_hat)^T` with `H = sum X^T X`, subject to the
 //! sparsity. Optimal Brain Surgeon answers it one weight at a time: zeroing weight `j` costs
-//! `w_j^2 / [H^-1]_jj`, and the best fix-up of the other weights is `-(w_j / [H^-1]_jj) * H^-1[j, :]`.
+//! `w_j^2 / [H^-1]_jj`, and the best fix-up of the other weights is
+//! `-(w_j / [H^-1]_jj) * H^-1[j, :]`.
 //!
-//! SparseGPT walks the columns left to right and never revisits one, so after column `j` has been
-//! handled only the columns `> j` matter. The inverse Hessian restricted to those columns is what
-//! Gaussian elimination of `H^-1` leaves behind, and all of those successive inverses are read off
-//! one matrix: the upper Cholesky factor `U` of `H^-1` (`H^-1 = U^T U`). Row `j` of `U`, divided by
-//! `U_jj`, is the OBS update direction for column `j` given that columns `< j` are already fixed,
-//! and `U_jj^2` is the matching `[H^-1]_jj`. Hence, for column `j` of a row:
+//! SparseGPT walks the columns left to right and never revisits one. Once the columns `< j` are
+//! fixed, the inverse Hessian of the weights still free is the Schur complement of `H^-1` that
+//! eliminates those columns. With `U` the upper Cholesky factor of `H^-1` (`H^-1 = U^T U`), that
+//! complement is simply `U[j.., j..]^T U[j.., j..]`: its first row is `U_jj * U[j, j..]` and its
+//! first diagonal entry `U_jj^2`. So one factorisation, done once, holds every OBS step of the
+//! sweep, and the step for column `j` of a row reads:
 //!
 //! ```text
 //!   q    = 0 if pruned else w_j        the new value of w_j
@@ -62,7 +63,7 @@ pub struct SparseGpt {
     block_size: usize,
     /// The input `W`, untouched (level 0% returns it as is).
     w: Vec<f32>,
-    /// Inputs never seen in calibration (`H_jj == 0`): their weights are zeroed at every level > 0%.
+    /// Inputs never seen in calibration (`H_jj == 0`), zeroed at every level above 0%.
     dead: Vec<usize>,
     /// `U`, upper Cholesky factor of the damped `H^-1`, `[cols, cols]` row-major (zeros below the
     /// diagonal). Factorised in f64, stored in f32 like the original's fp32 loop.
@@ -276,7 +277,7 @@ fn obs_sweep_row(wb: &mut [f32], err: &mut [f32], pruned: &[bool], u: &[f32], st
 type SweepFn = fn(&mut [f32], &mut [f32], &[bool], &[f32], usize);
 
 /// [`obs_sweep_row`] compiled for the widest vectors this CPU has (the crate itself is built for
-/// baseline x86-64, i.e. 4-wide SSE2; the sweep is about half of a level's time).
+/// baseline x86-64, i.e. 4-wide SSE2, and the sweep is a large share of a level's time).
 fn obs_sweep_kernel() -> SweepFn {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
