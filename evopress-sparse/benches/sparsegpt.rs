@@ -7,7 +7,8 @@ mod common;
 use std::time::Instant;
 
 use evopress_sparse::{
-    encode, magnitude_prune, rel_error, LevelScheme, SparseGpt, SparseGptConfig, ValueType,
+    decode_into, encode, magnitude_prune, rel_error, LevelScheme, SparseGpt, SparseGptConfig,
+    ValueType,
 };
 
 fn main() {
@@ -47,6 +48,35 @@ fn main() {
             );
         }
     }
+
+    // Codec speed on a 50 % variant of the largest layer shape.
+    let (rows, cols) = (1536, 576);
+    let layer = common::layer(rows, cols, 2 * cols, &[], 3);
+    let sgpt = SparseGpt::new(&layer.w, rows, cols, &layer.h, SparseGptConfig::default()).unwrap();
+    let half_sparse = sgpt.prune(0.5).unwrap();
+    let t = Instant::now();
+    let enc = encode(&half_sparse, rows, cols, ValueType::F16).unwrap();
+    let encode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut out = vec![0.0f32; rows * cols];
+    let reps = 50;
+    let t = Instant::now();
+    for _ in 0..reps {
+        decode_into(&enc, &mut out).unwrap();
+    }
+    let decode_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let mut block = vec![0.0f32; 64 * cols];
+    let t = Instant::now();
+    for _ in 0..reps {
+        for r in (0..rows).step_by(64) {
+            enc.decode_rows(r..r + 64, &mut block).unwrap();
+        }
+    }
+    let stream_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    println!(
+        "codec [{rows}, {cols}] at 50 %: encode {encode_ms:.2} ms, decode_into {decode_ms:.3} ms \
+         ({:.1} GB/s of f32), decode_rows in 64-row blocks {stream_ms:.3} ms",
+        (rows * cols * 4) as f64 / decode_ms / 1e6
+    );
 
     // Codec: bytes of every variant over bytes of as many dense f16 tensors.
     let demo_block: [(&str, usize, usize); 7] = [
