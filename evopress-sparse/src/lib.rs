@@ -1,1 +1,63 @@
-//! SparseGPT variant database and sparsity search backend (not yet implemented).
+//! Unstructured sparsity for EvoPress: the SparseGPT solver that fills the variant database, the
+//! level scheme that makes levels tradeable across layers of any size, and a compact codec for the
+//! sparse variants.
+//!
+//! Everything here works on plain row-major matrices (`W` is a linear's `[out, in]` weight, `H`
+//! the `[in, in]` Hessian `sum X^T X` of its inputs); the block-wise calibration engine that
+//! produces `H` and the store that persists the variants live elsewhere.
+//!
+//! - [`sparsegpt`]: SparseGPT (SPEC §5.1), magnitude pruning, and the relative layer error.
+//! - [`levels`]: the original's `weights_diff` level scheme (SPEC §3.2).
+//! - [`codec`]: bitmask + kept values, for storing and streaming variants.
+
+pub mod codec;
+pub mod levels;
+pub mod sparsegpt;
+
+pub use codec::{decode_into, encode, Encoded, ValueType, Values};
+pub use levels::LevelScheme;
+pub use sparsegpt::{magnitude_prune, rel_error, SparseGpt, SparseGptConfig};
+
+/// Everything that can go wrong in this crate; each variant says what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum SparseError {
+    #[error("{what}: a [{rows}, {cols}] matrix needs {expected} elements, got {got}")]
+    Shape {
+        what: &'static str,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("sparsity {0} is outside [0, 1]")]
+    Sparsity(f64),
+    #[error("Hessian entry ({row}, {col}) is not finite ({value})")]
+    NonFiniteHessian { row: usize, col: usize, value: f64 },
+    #[error("{0} is not positive definite (its Cholesky factorisation failed)")]
+    NotPositiveDefinite(&'static str),
+    #[error("level scheme: {0}")]
+    Levels(String),
+    #[error("encoded variant is inconsistent: {0}")]
+    Codec(String),
+}
+
+/// Checks that `data` holds a `[rows, cols]` matrix.
+pub(crate) fn check_shape<T>(
+    what: &'static str,
+    data: &[T],
+    rows: usize,
+    cols: usize,
+) -> Result<(), SparseError> {
+    let expected = rows * cols;
+    if data.len() == expected {
+        Ok(())
+    } else {
+        Err(SparseError::Shape {
+            what,
+            rows,
+            cols,
+            expected,
+            got: data.len(),
+        })
+    }
+}
