@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
 //! Paths to the real assets (fetched by `scripts/fetch-assets`) and fixtures.
 
 use std::path::PathBuf;

@@ -1,0 +1,224 @@
+//! The `evopress` binary on the real demo model: clear errors for bad input, and the depth
+//! search's determinism and crash-resume guarantees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model() -> PathBuf {
+    let p = root().join("assets/smollm2-135m-instruct.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/fetch-assets first", p.display());
+    p
+}
+
+fn evopress(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_evopress"));
+    c.current_dir(root()).args(args);
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    evopress(args).output().expect("run evopress")
+}
+
+/// Runs a command expected to fail; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "expected failure: evopress {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn biden() -> String {
+    root().join("assets/sotu/2021_joseph_r_biden_d.txt").display().to_string()
+}
+
+#[test]
+fn eval_json_reports_perplexity() {
+    let m = model().display().to_string();
+    let out = run(&["eval", "--model", &m, "--data", &biden(), "--seq-len", "128", "--windows", "4", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!((ppl - 31.4789).abs() / 31.4789 < 1e-3, "{ppl}");
+    assert_eq!(v["tokens_scored"], 508);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn truncated_gguf_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(model()).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(&["eval", "--model", cut.to_str().unwrap(), "--data", &biden()]);
+    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn garbage_model_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is not a model file at all, just some text").unwrap();
+    let err = fails(&["eval", "--model", junk.to_str().unwrap(), "--data", &biden()]);
+    assert!(err.contains("junk.gguf"), "{err}");
+}
+
+#[test]
+fn text_shorter_than_one_window_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Too short.").unwrap();
+    let m = model().display().to_string();
+    let err = fails(&["eval", "--model", &m, "--data", short.to_str().unwrap(), "--seq-len", "128"]);
+    assert!(err.contains("short.txt") && err.contains("shorter than one window"), "{err}");
+}
+
+/// A depth search small enough for a test: 4 calibration windows of 64 tokens.
+fn tiny_config(dir: &Path, extra_search: &str, backend: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[model]
+path = "{model}"
+[calibration]
+files = ["assets/sotu/17*.txt"]
+seq_len = 64
+windows = 6
+[eval]
+files = ["assets/sotu/2021_*.txt"]
+seq_len = 128
+windows = 1
+[backend]
+kind = "depth"
+{backend}
+[search]
+generations = 5
+offspring = 4
+stages = [{{ survivors = 2, tokens = 64 }}, {{ survivors = 1, tokens = 128 }}]
+initially_generated = 4
+initial_tokens = 64
+seed = 7
+{extra_search}
+[output]
+dir = "{out}"
+"#,
+        model = model().display(),
+        out = dir.join("out").display()
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// result.toml without the wall-clock fields.
+fn result_without_timing(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("out/result.toml")).unwrap();
+    text.lines().filter(|l| !l.starts_with("search_seconds")).collect::<Vec<_>>().join("\n")
+}
+
+fn search_ok(cfg: &Path, extra: &[&str]) {
+    let mut args = vec!["search", "--quiet", "--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn search_killed_and_resumed_equals_uninterrupted_run() {
+    let backend = "sparsity = 0.1";
+    let whole = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(whole.path(), "", backend);
+    search_ok(&cfg, &[]);
+    let expected = result_without_timing(whole.path());
+
+    // Same seed twice: bit-identical results.
+    let again = tempfile::tempdir().unwrap();
+    search_ok(&tiny_config(again.path(), "", backend), &[]);
+    assert_eq!(result_without_timing(again.path()), expected);
+
+    // SIGKILL once a mid-run checkpoint exists, then resume.
+    let killed = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(killed.path(), "", backend);
+    let mut child = evopress(&["search", "--quiet", "--config", cfg.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let checkpoint = killed.path().join("out/checkpoint.json");
+    let started = Instant::now();
+    loop {
+        let generation = std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["generation"].as_u64());
+        if generation.is_some_and(|g| g >= 2) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(!killed.path().join("out/result.toml").exists());
+    search_ok(&cfg, &["--resume"]);
+    assert_eq!(result_without_timing(killed.path()), expected);
+}
+
+#[test]
+fn infeasible_searches_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // k = 15 whole blocks, but the legal mask allows 2.
+    let legal = dir.path().join("legal.toml");
+    std::fs::write(&legal, "blocks = 30\nattn = [3, 4]\nmlp = [3, 4]\n").unwrap();
+    let backend = format!("sparsity = 0.5\ndrop_entire_block = true\nlegal = \"{}\"", legal.display());
+    let err = fails(&["search", "--quiet", "--config", tiny_config(dir.path(), "", &backend).to_str().unwrap()]);
+    assert!(err.contains("k=15") && err.contains("only 2"), "{err}");
+
+    // 0 offspring.
+    let cfg = tiny_config(dir.path(), "", "sparsity = 0.1");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("offspring = 4", "offspring = 0");
+    std::fs::write(&cfg, text).unwrap();
+    let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
+    assert!(err.contains("offspring"), "{err}");
+
+    // One legal whole block to drop with k = 1: a single genome, too few distinct offspring.
+    std::fs::write(&legal, "blocks = 30\nattn = [3]\nmlp = [3]\n").unwrap();
+    let backend = format!("sparsity = 0.034\ndrop_entire_block = true\nlegal = \"{}\"", legal.display());
+    let err = fails(&["search", "--quiet", "--config", tiny_config(dir.path(), "", &backend).to_str().unwrap()]);
+    assert!(err.contains("offspring"), "{err}");
+}
+
+#[test]
+fn unknown_config_key_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "mutation_rate = 3", "sparsity = 0.1");
+    let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
+    assert!(err.contains("mutation_rate") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn drop_config_in_both_formats_evaluates_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("layer_drop_config.txt");
+    let mut lines = vec!["none"; 30];
+    lines[20] = "attn";
+    lines[25] = "attn+mlp";
+    std::fs::write(&original, lines.join("\n") + "\n").unwrap();
+    let ours = dir.path().join("drop.toml");
+    std::fs::write(&ours, "blocks = 30\nattn = [20, 25]\nmlp = [25]\n").unwrap();
+    let m = model().display().to_string();
+    let ppl = |cfg: &Path| {
+        let out = run(&[
+            "eval", "--model", &m, "--data", &biden(), "--seq-len", "128", "--windows", "2", "--json",
+            "--drop-config", cfg.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    let (a, b) = (ppl(&original), ppl(&ours));
+    assert_eq!(a, b);
+    assert!(a > 31.0, "dropping sub-blocks should hurt: {a}");
+}
