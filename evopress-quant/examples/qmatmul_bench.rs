@@ -11,13 +11,13 @@ use std::time::Instant;
 use evopress_quant::synth::gaussian;
 use evopress_quant::{qmatmul, rtn, QuantSpec};
 
-/// Best wall time of `f` over enough repetitions to fill ~0.3 s.
+/// Best wall time of `f` over enough repetitions to fill ~1 s.
 fn best_time(mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::INFINITY;
     let start = Instant::now();
     let mut n = 0;
-    while n < 5 || (start.elapsed().as_secs_f64() < 0.3 && n < 2000) {
+    while n < 5 || (start.elapsed().as_secs_f64() < 1.0 && n < 5000) {
         let t = Instant::now();
         f();
         best = best.min(t.elapsed().as_secs_f64());

@@ -3,17 +3,21 @@
 //! Layout of a [`PackedMatrix`] with `b` bits per code:
 //!
 //! ```text
-//!   codes:  row r occupies words [r·wpr, (r+1)·wpr), wpr = ceil(cols·b / 32)
-//!           stored position k of the row sits at bits [k·b, k·b + b) of that little bitstream,
-//!           least significant bit first; a code may straddle two words (3, 5, 6, 7 bits)
+//!   codes:  a row is cut into chunks of 32 codes; a chunk fills exactly b u32 words (32·b bits)
+//!           and row r occupies words [r·wpr, (r+1)·wpr), wpr = ceil(cols/32)·b
+//!   chunk:  the b bits of each code are split into power-of-two slices, the binary digits of
+//!           b, low bits first (3 = 1+2, 5 = 1+4, 6 = 2+4, 7 = 1+2+4; 2, 4, 8 are one slice).
+//!           The slice of width p that holds code bits [o, o+p) (o = b mod p) takes chunk words
+//!           [o, o+p); code i of the chunk sits in word o + i·p/32 at bits (i·p mod 32)..+p.
 //!   scales, zeros: [rows, n_groups] f16, group g = stored positions [g·gs, (g+1)·gs)
 //!   perm:   stored position k holds original column perm[k] (act-order); None = identity
 //! ```
 //!
-//! Each row starts on a word boundary so a row (or a tile of rows) can be decoded on its own;
-//! that padding (< 32 bits a row) is the only waste. Because 32 codes of `b` bits fill exactly
-//! `b` words for every `b`, the decoder works in chunks of 32 codes with all shifts known at
-//! compile time.
+//! Why slices: with a plain bitstream, 3-, 5-, 6- and 7-bit codes straddle words and each lane
+//! needs its own gather; with power-of-two slices no field crosses a word, so decoding a word is
+//! one broadcast, one shift by a constant vector and one mask, for every width. Every bit is
+//! used: the only waste is padding the last chunk of a row (none when `cols` is a multiple of
+//! 32, as every dimension of the target models is).
 //!
 //! Compared with the original database, which stores one dequantized fp16 `[out, in]` tensor per
 //! bit width, a packed matrix costs `b/16 + 2/gs` of it (plus 2/rows for a permutation):
@@ -65,12 +69,16 @@ impl PackedMatrix {
         if cols > 0 {
             for (row_codes, row_words) in codes.chunks_exact(cols).zip(words.chunks_exact_mut(wpr))
             {
-                for (k, &q) in row_codes.iter().enumerate() {
-                    debug_assert!(u32::from(q) <= spec.maxq(), "code {q} exceeds {bits} bits");
-                    let (w, off) = ((k * bits) / 32, (k * bits) % 32);
-                    row_words[w] |= u32::from(q) << off;
-                    if off + bits > 32 {
-                        row_words[w + 1] |= u32::from(q) >> (32 - off);
+                for (chunk_codes, chunk) in row_codes
+                    .chunks(CHUNK)
+                    .zip(row_words.chunks_exact_mut(bits))
+                {
+                    for (i, &q) in chunk_codes.iter().enumerate() {
+                        debug_assert!(u32::from(q) <= spec.maxq(), "code {q} exceeds {bits} bits");
+                        for (p, o) in slices(bits) {
+                            let field = (u32::from(q) >> o) & ((1 << p) - 1);
+                            chunk[o + i * p / 32] |= field << (i * p % 32);
+                        }
                     }
                 }
             }
@@ -170,9 +178,18 @@ impl PackedMatrix {
     }
 }
 
-/// u32 words holding one row of `cols` codes of `bits` bits.
+/// u32 words holding one row of `cols` codes of `bits` bits (whole chunks of 32 codes).
 pub fn words_per_row(cols: usize, bits: u8) -> usize {
-    (cols * bits as usize).div_ceil(32)
+    cols.div_ceil(CHUNK) * bits as usize
+}
+
+/// The power-of-two slices of a `bits`-wide code as `(width p, offset o)`: code bits
+/// `[o, o+p)`, stored in chunk words `[o, o+p)`. (The decoder spells these out per width.)
+fn slices(bits: usize) -> impl Iterator<Item = (usize, usize)> {
+    [1, 2, 4, 8]
+        .into_iter()
+        .filter(move |p| bits & p != 0)
+        .map(move |p| (p, bits & (p - 1)))
 }
 
 /// Decodes one row's codes to f32 (`out.len()` codes), dispatching on the width once per row.
@@ -192,32 +209,52 @@ fn unpack_row(words: &[u32], bits: u8, out: &mut [f32]) {
 
 #[inline(always)]
 fn unpack_row_b<const B: usize>(words: &[u32], out: &mut [f32]) {
-    let full = out.len() / CHUNK;
-    for (w, o) in words.chunks_exact(B).zip(out.chunks_exact_mut(CHUNK)) {
+    let mut chunks = words.chunks_exact(B);
+    for (w, o) in (&mut chunks).zip(out.chunks_exact_mut(CHUNK)) {
         unpack_chunk::<B>(w.try_into().unwrap(), o.try_into().unwrap());
     }
-    // The last, partial chunk: its words (fewer than B) copied into a zero-padded chunk.
+    // A last, partial chunk (its padding codes decode to 0 and are dropped).
     let rest = out.len() % CHUNK;
     if rest > 0 {
-        let tail = &words[full * B..];
-        let mut w = [0u32; B];
-        w[..tail.len()].copy_from_slice(tail);
+        let last = &words[words.len() - B..];
         let mut o = [0f32; CHUNK];
-        unpack_chunk::<B>(&w, &mut o);
-        out[full * CHUNK..].copy_from_slice(&o[..rest]);
+        unpack_chunk::<B>(last.try_into().unwrap(), &mut o);
+        let n = out.len();
+        out[n - rest..].copy_from_slice(&o[..rest]);
     }
 }
 
-/// 32 codes from `B` words. The loop unrolls completely, so every word index and shift is a
-/// constant; a code that straddles two words takes its high bits from the next one.
+/// 32 codes from the `B` words of a chunk: the slices of `B`, each a const-width pass.
+/// (Codes are < 256, so the signed conversion, which every SIMD level has, is exact.)
 #[inline(always)]
 fn unpack_chunk<const B: usize>(w: &[u32; B], out: &mut [f32; CHUNK]) {
-    let mask = (1u64 << B) - 1;
-    for (i, o) in out.iter_mut().enumerate() {
-        let (k, off) = ((i * B) / 32, (i * B) % 32);
-        let lo = u64::from(w[k]);
-        let hi = if k + 1 < B { u64::from(w[k + 1]) } else { 0 };
-        *o = (((lo | (hi << 32)) >> off) & mask) as f32;
+    let mut codes = [0u32; CHUNK];
+    if B & 1 != 0 {
+        add_slice::<1>(&w[..1], 0, &mut codes);
+    }
+    if B & 2 != 0 {
+        add_slice::<2>(&w[B & 1..(B & 1) + 2], B & 1, &mut codes);
+    }
+    if B & 4 != 0 {
+        add_slice::<4>(&w[B & 3..(B & 3) + 4], B & 3, &mut codes);
+    }
+    if B & 8 != 0 {
+        add_slice::<8>(&w[..8], 0, &mut codes);
+    }
+    for (o, c) in out.iter_mut().zip(codes) {
+        *o = c as i32 as f32;
+    }
+}
+
+/// ORs the `P`-bit slice held in `w` (`P` words) into code bits `[o, o+P)`. Written over the
+/// 32 codes (the SIMD lanes) so that, with `P` a constant, a code's word is a fixed shuffle and
+/// its shift a constant vector.
+#[inline(always)]
+fn add_slice<const P: usize>(w: &[u32], o: usize, codes: &mut [u32; CHUNK]) {
+    let per = 32 / P; // codes per word
+    let mask = (1u32 << P) - 1;
+    for (i, c) in codes.iter_mut().enumerate() {
+        *c |= ((w[i / per] >> ((i % per) * P)) & mask) << o;
     }
 }
 
@@ -225,14 +262,23 @@ fn unpack_chunk<const B: usize>(w: &[u32; B], out: &mut [f32; CHUNK]) {
 mod tests {
     use super::*;
 
-    /// An independent, obviously-correct reader of the bitstream layout.
-    fn naive_code(words: &[u32], k: usize, bits: usize) -> u8 {
-        (0..bits)
-            .map(|b| {
-                let bit = k * bits + b;
-                (((words[bit / 32] >> (bit % 32)) & 1) as u8) << b
-            })
-            .sum()
+    /// An independent, bit-by-bit reader of the layout described in the module docs.
+    fn naive_code(row: &[u32], k: usize, bits: usize) -> u8 {
+        let (chunk, i) = (k / 32, k % 32);
+        let mut q = 0u8;
+        let mut o = 0; // first code bit of the current slice = its first word in the chunk
+        for p in [1, 2, 4, 8] {
+            if bits & p == 0 {
+                continue;
+            }
+            for b in 0..p {
+                let word = row[chunk * bits + o + i * p / 32];
+                let bit = (word >> (i * p % 32 + b)) & 1;
+                q |= (bit as u8) << (o + b);
+            }
+            o += p;
+        }
+        q
     }
 
     fn pattern(rows: usize, cols: usize, bits: u8) -> Vec<u8> {
@@ -266,7 +312,7 @@ mod tests {
                     &unit_params(rows, cols, 64),
                     None,
                 );
-                assert_eq!(p.codes.len(), rows * (cols * bits as usize).div_ceil(32));
+                assert_eq!(p.codes.len(), rows * cols.div_ceil(32) * bits as usize);
                 assert_eq!(p.unpack_codes(), codes, "bits {bits} cols {cols}");
                 let wpr = p.words_per_row();
                 for r in 0..rows {
@@ -280,11 +326,12 @@ mod tests {
     }
 
     #[test]
-    fn three_bits_waste_nothing_but_row_padding() {
-        // 576 · 3 = 1728 bits = 54 words exactly; 100 · 3 = 300 bits -> 10 words (20 bits pad).
+    fn only_the_last_chunk_of_a_row_is_padded() {
+        // 576 · 3 = 1728 bits = 54 words exactly; 100 codes pad to 128 -> 12 words.
         assert_eq!(words_per_row(576, 3), 54);
-        assert_eq!(words_per_row(100, 3), 10);
         assert_eq!(words_per_row(1536, 3), 144);
+        assert_eq!(words_per_row(100, 3), 12);
+        assert_eq!(words_per_row(100, 8), 32);
     }
 
     #[test]
@@ -322,7 +369,7 @@ mod tests {
             &unit_params(rows, cols, 128),
             Some((0..cols as u32).collect()),
         );
-        assert_eq!(p.bytes(), 4 * rows * 72 + 2 * 2 * rows * 5 + 4 * cols);
+        assert_eq!(p.bytes(), 4 * rows * 72 + 2 * 2 * rows * 5 + 4 * cols); // 576·4/32 = 72
         assert_eq!(p.dense_f16_bytes(), 2 * rows * cols);
     }
 }

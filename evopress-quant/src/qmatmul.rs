@@ -24,9 +24,9 @@ use crate::PackedMatrix;
 const SMALL_M: usize = 4;
 /// Output rows per task in the dot-product path.
 const GEMV_TILE: usize = 16;
-/// Bytes of decoded f32 weights per task in the GEMM path: big enough to amortise the GEMM's
-/// packing, small enough to stay in L2.
-const GEMM_TILE_BYTES: usize = 256 * 1024;
+/// Most bytes of decoded f32 weights per task in the GEMM path: big enough to amortise the
+/// GEMM's packing of `x` (repeated per tile), small enough to stay in L2.
+const GEMM_TILE_BYTES: usize = 512 * 1024;
 
 /// `out[m, rows] = x[m, cols] · Ŵᵀ`, all row-major, `Ŵ` decoded tile by tile.
 ///
@@ -74,7 +74,7 @@ pub fn qmatmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
             },
         );
     } else {
-        let tile = (GEMM_TILE_BYTES / (4 * cols.max(1))).clamp(8, 256);
+        let tile = gemm_tile_rows(rows, cols);
         (0..rows.div_ceil(tile)).into_par_iter().for_each_init(
             || vec![0f32; tile * cols],
             |buf, t| {
@@ -111,6 +111,17 @@ pub fn qmatmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
             },
         );
     }
+}
+
+/// Rows per GEMM task: at most [`GEMM_TILE_BYTES`] of f32, a multiple of 16 (the micro-kernel
+/// width), and tiles in a multiple of the thread count so no thread idles at the end.
+fn gemm_tile_rows(rows: usize, cols: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    let max_rows = (GEMM_TILE_BYTES / (4 * cols.max(1))).max(16);
+    let tiles = rows.div_ceil(max_rows).next_multiple_of(threads);
+    rows.div_ceil(tiles)
+        .next_multiple_of(16)
+        .min(max_rows.next_multiple_of(16))
 }
 
 /// The output pointer shared by the tasks, each of which writes a disjoint set of elements.
