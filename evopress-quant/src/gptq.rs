@@ -468,13 +468,14 @@ mod tests {
         // 576 = hidden size of the test model: 128 leaves a partial group of 64; 96 does not
         // divide the 128-column block; 300 spans several blocks.
         let l = layer(24, 576, 6);
-        for gs in [64, 96, 128, 300, 576] {
+        for gs in [96, 300, 64, 128, 576] {
             let spec = QuantSpec::new(3, gs);
             let rtn_err = l.err(&l.rtn(&spec));
             let blocked = l.gptq(&spec, &GptqConfig::default());
             assert_consistent(&blocked, &spec);
-            // Lazy batching only reorders the updates: one block for the whole matrix must
-            // agree up to float rounding (which can flip a rare code).
+            // Lazy batching only reorders the updates: one block for the whole matrix must give
+            // the same codes up to float rounding (which can flip a rare tie). Fitting a grid on
+            // columns that have not received the block's updates yet would change whole groups.
             let unblocked = l.gptq(
                 &spec,
                 &GptqConfig {
@@ -482,11 +483,16 @@ mod tests {
                     ..GptqConfig::default()
                 },
             );
-            let (eb, eu) = (l.err(&blocked), l.err(&unblocked));
-            assert!(
-                (eb - eu).abs() < 0.01 * eu,
-                "group {gs}: {eb} vs unblocked {eu}"
+            let (cb, cu) = (
+                blocked.packed.unpack_codes(),
+                unblocked.packed.unpack_codes(),
             );
+            let flips = cb.iter().zip(&cu).filter(|(a, b)| a != b).count();
+            assert!(
+                flips * 1000 < cb.len(),
+                "group {gs}: {flips} codes differ from unblocked"
+            );
+            let eb = l.err(&blocked);
             assert!(eb < 0.8 * rtn_err, "group {gs}: {eb} vs rtn {rtn_err}");
         }
     }
