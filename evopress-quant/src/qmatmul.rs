@@ -16,6 +16,7 @@
 //! Act-order matrices store columns permuted; rather than un-permuting `Ŵ`, the activations are
 //! gathered once: `x · Ŵᵀ = x[:, perm] · Ŵ_permᵀ`.
 
+use evopress_kernels::cpu::simd::{dispatch, dot};
 use rayon::prelude::*;
 
 use crate::PackedMatrix;
@@ -64,7 +65,10 @@ pub fn qmatmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
             |(buf, res), t| {
                 let r0 = t * GEMV_TILE;
                 let r1 = (r0 + GEMV_TILE).min(rows);
-                dot_rows(w, r0, r1, x, m, buf, res);
+                dispatch(
+                    #[inline(always)]
+                    || dot_rows(w, r0, r1, x, m, buf, res),
+                );
                 for (k, r) in (r0..r1).enumerate() {
                     for i in 0..m {
                         // SAFETY: out is [m, rows] and only this task writes its columns r0..r1.
@@ -81,7 +85,10 @@ pub fn qmatmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
                 let r0 = t * tile;
                 let nr = tile.min(rows - r0);
                 let buf = &mut buf[..nr * cols];
-                decode_rows(w, r0, buf);
+                dispatch(
+                    #[inline(always)]
+                    || decode_rows(w, r0, buf),
+                );
                 // SAFETY: dst is out[:, r0..r0+nr] (m × nr, row stride `rows`), which only this
                 // task writes; lhs is x (m × cols, row-major) and rhs is bufᵀ (buf is nr × cols
                 // row-major), both fully in bounds.
@@ -137,49 +144,14 @@ impl OutPtr {
     }
 }
 
-/// Defines a function that runs a kernel body compiled for the best x86 SIMD level present
-/// (AVX-512, AVX2+FMA, or the portable build). The bodies are plain loops written so that LLVM
-/// vectorises them; `#[inline(always)]` pulls the whole decode + dot into the feature-enabled
-/// copies.
-macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident => $body:ident ($($arg:ident : $ty:ty),*)) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                fn v4($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn v3($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features v4 is compiled for.
-                    return unsafe { v4($($arg),*) };
-                }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has the features v3 is compiled for.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
+// The kernels below run inside `dispatch`, the workspace's SIMD trampoline (AVX-512 / AVX2+FMA
+// / baseline, chosen from CPUID): they and everything they call are `#[inline(always)]` so the
+// decode and the dot vectorise with the wide registers.
 
-multiversion! {
-    /// `res[k·m + i] = dot(Ŵ[r0 + k, :], x[i, :])` for rows `r0..r1` and tokens `i < m`,
-    /// decoding one row at a time into `buf` (`cols` long, stays in L1).
-    fn dot_rows => dot_rows_body(w: &PackedMatrix, r0: usize, r1: usize, x: &[f32], m: usize, buf: &mut [f32], res: &mut [f32])
-}
-
+/// `res[k·m + i] = dot(Ŵ[r0 + k, :], x[i, :])` for rows `r0..r1` and tokens `i < m`, decoding
+/// one row at a time into `buf` (`cols` long, stays in L1).
 #[inline(always)]
-fn dot_rows_body(
+fn dot_rows(
     w: &PackedMatrix,
     r0: usize,
     r1: usize,
@@ -196,35 +168,12 @@ fn dot_rows_body(
     }
 }
 
-multiversion! {
-    /// Decodes rows `r0 .. r0 + buf.len()/cols` of `Ŵ` into `buf` (row-major).
-    fn decode_rows => decode_rows_body(w: &PackedMatrix, r0: usize, buf: &mut [f32])
-}
-
+/// Decodes rows `r0 .. r0 + buf.len()/cols` of `Ŵ` into `buf` (row-major).
 #[inline(always)]
-fn decode_rows_body(w: &PackedMatrix, r0: usize, buf: &mut [f32]) {
+fn decode_rows(w: &PackedMatrix, r0: usize, buf: &mut [f32]) {
     for (i, row) in buf.chunks_exact_mut(w.cols).enumerate() {
         w.dequantize_row_into(r0 + i, row);
     }
-}
-
-/// Dot product with 32 independent accumulators, so the loop vectorises without reassociating
-/// a single sum (which LLVM may not do for floats) and hides the FMA latency.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let mut acc = [0f32; LANES];
-    let split = a.len() / LANES * LANES;
-    for (x, y) in a[..split]
-        .chunks_exact(LANES)
-        .zip(b[..split].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    let tail: f32 = a[split..].iter().zip(&b[split..]).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -300,15 +249,6 @@ mod tests {
         let (want, mag) = dense_reference(&x, m, &packed.dequantize(), rows, cols);
         for i in 0..m * rows {
             assert!((out[i] as f64 - want[i]).abs() <= 1e-4 * mag[i]);
-        }
-    }
-
-    #[test]
-    fn dot_handles_tails() {
-        for n in [0, 1, 31, 32, 33, 100] {
-            let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
-            let b = vec![2.0f32; n];
-            assert_eq!(dot(&a, &b), (n * n.saturating_sub(1)) as f32);
         }
     }
 }
