@@ -2,7 +2,7 @@
 //! a strided GEMM (the `gemm` crate) and the upper Cholesky factor of an inverse (faer, f64).
 
 use faer::linalg::triangular_inverse::invert_lower_triangular;
-use faer::{Mat, Par, Side};
+use faer::{Mat, Side};
 pub(crate) use gemm::Parallelism;
 
 /// A read-only strided matrix: element `(i, j)` is `data[i·rs + j·cs]`.
@@ -108,11 +108,13 @@ pub(crate) fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f64>, us
     assert_eq!(h.len(), n * n);
     let rev = |i: usize| n - 1 - i;
     let jhj = Mat::<f64>::from_fn(n, n, |i, j| h[rev(i) * n + rev(j)]);
-    let llt = jhj.llt(Side::Lower).map_err(|e| match e {
-        faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => rev(index),
-    })?;
+    // faer reports the size of the first leading minor that is not positive definite.
+    let l = jhj
+        .cholesky(Side::Lower)
+        .map_err(|e| rev(e.non_positive_definite_minor.max(1) - 1))?
+        .compute_l();
     let mut l_inv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(l_inv.as_mut(), llt.L(), Par::rayon(0));
+    invert_lower_triangular(l_inv.as_mut(), l.as_ref(), faer::Parallelism::Rayon(0));
     let mut u = vec![0f64; n * n];
     for i in 0..n {
         for j in i..n {
