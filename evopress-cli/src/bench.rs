@@ -10,6 +10,20 @@ use std::time::Instant;
 pub enum Command {
     /// Tokens/s and effective GFLOP/s of the dense forward pass (logits for every position).
     Forward(ForwardArgs),
+    /// Candidate evaluations/s and seconds/generation of a search config, with incremental
+    /// evaluation and without it, in one run (same seed, so the same candidates).
+    Search(SearchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Generations to time (after the initial selection).
+    #[arg(long, default_value_t = 3)]
+    generations: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -28,6 +42,7 @@ pub struct ForwardArgs {
 pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Forward(a) => forward(a),
+        Command::Search(a) => search(a),
     }
 }
 
@@ -99,4 +114,61 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+fn search(a: SearchArgs) -> Result<()> {
+    use crate::run_config::{BackendSection, RunConfig};
+    use evopress_core::search::Search;
+    use evopress_prune::DepthEvaluator;
+
+    let mut cfg = RunConfig::read(&a.config)?;
+    cfg.search.generations = a.generations;
+    let BackendSection::Depth(backend) = &cfg.backend;
+    let loaded = load_model(&cfg.model.path)
+        .with_context(|| format!("loading {}", cfg.model.path.display()))?;
+    let model = &loaded.model;
+    let (layout, space, _) = crate::search::depth_space(model, backend)?;
+    let cal = crate::search::calibrate(&loaded, &cfg, true)?;
+    let lens = cal.sample_lens();
+    let search = Search::new(&space, &cfg.search, &lens)?;
+    let cache_cap = (cfg.fitness.stage_cache_gb * 1e9) as usize;
+
+    let mut rows = Vec::new();
+    for (name, cap) in [("incremental", cache_cap), ("full", 0)] {
+        let mut ev = DepthEvaluator::new(model, &Cpu, &cal, layout, cap);
+        let state = search.initialize(&mut ev, &mut ())?;
+        let (blocks_before, t0) = (ev.blocks_run, Instant::now());
+        let state = search.run(state, &mut ev, &mut (), None)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let evaluations: usize = state.history.iter().skip(1).map(|r| r.evaluations).sum();
+        rows.push(serde_json::json!({
+            "mode": name,
+            "generations": a.generations,
+            "seconds_per_generation": seconds / a.generations as f64,
+            "evaluations_per_second": evaluations as f64 / seconds,
+            "blocks_run": ev.blocks_run - blocks_before,
+            "final_fitness": state.history.last().map(|r| r.best_fitness),
+        }));
+    }
+    let speedup = rows[1]["seconds_per_generation"].as_f64().unwrap_or(0.0)
+        / rows[0]["seconds_per_generation"].as_f64().unwrap_or(1.0);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "runs": rows, "incremental_speedup": speedup })
+        );
+    } else {
+        for r in &rows {
+            println!(
+                "{:>12}: {:.2} s/generation, {:.2} evaluations/s, {} blocks run, final fitness {}",
+                r["mode"].as_str().unwrap_or(""),
+                r["seconds_per_generation"].as_f64().unwrap_or(0.0),
+                r["evaluations_per_second"].as_f64().unwrap_or(0.0),
+                r["blocks_run"],
+                r["final_fitness"]
+            );
+        }
+        println!("incremental evaluation: {speedup:.2}x faster per generation");
+    }
+    Ok(())
 }

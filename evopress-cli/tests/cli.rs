@@ -11,7 +11,11 @@ fn root() -> PathBuf {
 
 fn model() -> PathBuf {
     let p = root().join("assets/smollm2-135m-instruct.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-assets first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-assets first",
+        p.display()
+    );
     p
 }
 
@@ -33,14 +37,32 @@ fn fails(args: &[&str]) -> String {
 }
 
 fn biden() -> String {
-    root().join("assets/sotu/2021_joseph_r_biden_d.txt").display().to_string()
+    root()
+        .join("assets/sotu/2021_joseph_r_biden_d.txt")
+        .display()
+        .to_string()
 }
 
 #[test]
 fn eval_json_reports_perplexity() {
     let m = model().display().to_string();
-    let out = run(&["eval", "--model", &m, "--data", &biden(), "--seq-len", "128", "--windows", "4", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "eval",
+        "--model",
+        &m,
+        "--data",
+        &biden(),
+        "--seq-len",
+        "128",
+        "--windows",
+        "4",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ppl = v["perplexity"].as_f64().unwrap();
     assert!((ppl - 31.4789).abs() / 31.4789 < 1e-3, "{ppl}");
@@ -55,7 +77,10 @@ fn truncated_gguf_is_named() {
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let err = fails(&["eval", "--model", cut.to_str().unwrap(), "--data", &biden()]);
-    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -63,7 +88,13 @@ fn garbage_model_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"this is not a model file at all, just some text").unwrap();
-    let err = fails(&["eval", "--model", junk.to_str().unwrap(), "--data", &biden()]);
+    let err = fails(&[
+        "eval",
+        "--model",
+        junk.to_str().unwrap(),
+        "--data",
+        &biden(),
+    ]);
     assert!(err.contains("junk.gguf"), "{err}");
 }
 
@@ -73,8 +104,19 @@ fn text_shorter_than_one_window_is_named() {
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "Too short.").unwrap();
     let m = model().display().to_string();
-    let err = fails(&["eval", "--model", &m, "--data", short.to_str().unwrap(), "--seq-len", "128"]);
-    assert!(err.contains("short.txt") && err.contains("shorter than one window"), "{err}");
+    let err = fails(&[
+        "eval",
+        "--model",
+        &m,
+        "--data",
+        short.to_str().unwrap(),
+        "--seq-len",
+        "128",
+    ]);
+    assert!(
+        err.contains("short.txt") && err.contains("shorter than one window"),
+        "{err}"
+    );
 }
 
 /// A depth search small enough for a test: 4 calibration windows of 64 tokens.
@@ -116,14 +158,21 @@ dir = "{out}"
 /// result.toml without the wall-clock fields.
 fn result_without_timing(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("out/result.toml")).unwrap();
-    text.lines().filter(|l| !l.starts_with("search_seconds")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .filter(|l| !l.starts_with("search_seconds"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn search_ok(cfg: &Path, extra: &[&str]) {
     let mut args = vec!["search", "--quiet", "--config", cfg.to_str().unwrap()];
     args.extend_from_slice(extra);
     let out = run(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -155,8 +204,14 @@ fn search_killed_and_resumed_equals_uninterrupted_run() {
         if generation.is_some_and(|g| g >= 2) {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL on Unix
@@ -172,21 +227,39 @@ fn infeasible_searches_are_refused_with_a_reason() {
     // k = 15 whole blocks, but the legal mask allows 2.
     let legal = dir.path().join("legal.toml");
     std::fs::write(&legal, "blocks = 30\nattn = [3, 4]\nmlp = [3, 4]\n").unwrap();
-    let backend = format!("sparsity = 0.5\ndrop_entire_block = true\nlegal = \"{}\"", legal.display());
-    let err = fails(&["search", "--quiet", "--config", tiny_config(dir.path(), "", &backend).to_str().unwrap()]);
+    let backend = format!(
+        "sparsity = 0.5\ndrop_entire_block = true\nlegal = \"{}\"",
+        legal.display()
+    );
+    let err = fails(&[
+        "search",
+        "--quiet",
+        "--config",
+        tiny_config(dir.path(), "", &backend).to_str().unwrap(),
+    ]);
     assert!(err.contains("k=15") && err.contains("only 2"), "{err}");
 
     // 0 offspring.
     let cfg = tiny_config(dir.path(), "", "sparsity = 0.1");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("offspring = 4", "offspring = 0");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("offspring = 4", "offspring = 0");
     std::fs::write(&cfg, text).unwrap();
     let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
     assert!(err.contains("offspring"), "{err}");
 
     // One legal whole block to drop with k = 1: a single genome, too few distinct offspring.
     std::fs::write(&legal, "blocks = 30\nattn = [3]\nmlp = [3]\n").unwrap();
-    let backend = format!("sparsity = 0.034\ndrop_entire_block = true\nlegal = \"{}\"", legal.display());
-    let err = fails(&["search", "--quiet", "--config", tiny_config(dir.path(), "", &backend).to_str().unwrap()]);
+    let backend = format!(
+        "sparsity = 0.034\ndrop_entire_block = true\nlegal = \"{}\"",
+        legal.display()
+    );
+    let err = fails(&[
+        "search",
+        "--quiet",
+        "--config",
+        tiny_config(dir.path(), "", &backend).to_str().unwrap(),
+    ]);
     assert!(err.contains("offspring"), "{err}");
 }
 
@@ -195,7 +268,10 @@ fn unknown_config_key_is_named_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), "mutation_rate = 3", "sparsity = 0.1");
     let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
-    assert!(err.contains("mutation_rate") && err.contains("line"), "{err}");
+    assert!(
+        err.contains("mutation_rate") && err.contains("line"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -211,10 +287,24 @@ fn drop_config_in_both_formats_evaluates_the_same() {
     let m = model().display().to_string();
     let ppl = |cfg: &Path| {
         let out = run(&[
-            "eval", "--model", &m, "--data", &biden(), "--seq-len", "128", "--windows", "2", "--json",
-            "--drop-config", cfg.to_str().unwrap(),
+            "eval",
+            "--model",
+            &m,
+            "--data",
+            &biden(),
+            "--seq-len",
+            "128",
+            "--windows",
+            "2",
+            "--json",
+            "--drop-config",
+            cfg.to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["perplexity"].as_f64().unwrap()
     };

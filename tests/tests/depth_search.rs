@@ -35,7 +35,10 @@ fn whole_batch(cal: &Calibration) -> TokenBatch {
             .sample_lens()
             .iter()
             .enumerate()
-            .map(|(i, &n)| TokenSlice { sample: i, tokens: 0..n })
+            .map(|(i, &n)| TokenSlice {
+                sample: i,
+                tokens: 0..n,
+            })
             .collect(),
     }
 }
@@ -44,7 +47,10 @@ fn whole_batch(cal: &Calibration) -> TokenBatch {
 fn incremental_evaluation_equals_full_evaluation_bit_for_bit() {
     let m = &model().model;
     let cal = calibration(3, 48);
-    let layout = DepthLayout { n_blocks: m.layers.len(), entire_block: false };
+    let layout = DepthLayout {
+        n_blocks: m.layers.len(),
+        entire_block: false,
+    };
     let space = layout.space(4, None).unwrap();
     let mut incremental = DepthEvaluator::new(m, &Cpu, &cal, layout, usize::MAX);
     let mut full = DepthEvaluator::new(m, &Cpu, &cal, layout, 0);
@@ -66,7 +72,10 @@ fn incremental_evaluation_equals_full_evaluation_bit_for_bit() {
         let b = full.evaluate(&child, &batch).unwrap();
         assert_eq!(a.to_bits(), b.to_bits(), "incremental {a} vs full {b}");
     }
-    assert!(incremental.blocks_run < full.blocks_run, "the cache saved no work");
+    assert!(
+        incremental.blocks_run < full.blocks_run,
+        "the cache saved no work"
+    );
 }
 
 #[test]
@@ -76,16 +85,23 @@ fn restricted_whole_block_search_finds_the_brute_force_optimum() {
     let n = m.layers.len();
     let legal_blocks: Vec<usize> = (10..20).collect();
     let legal = evopress_prune::drop_config::whole_blocks(n, &legal_blocks);
-    let (best_mask, best_f) = baselines::brute_force(m, &Cpu, &cal, &legal_blocks, 3, |_, _| {}).unwrap();
+    let (best_mask, best_f) =
+        baselines::brute_force(m, &Cpu, &cal, &legal_blocks, 3, |_, _| {}).unwrap();
 
-    let layout = DepthLayout { n_blocks: n, entire_block: true };
+    let layout = DepthLayout {
+        n_blocks: n,
+        entire_block: true,
+    };
     let space = layout.space(3, Some(&legal)).unwrap();
     let total: usize = cal.sample_lens().iter().sum();
     // One stage over every calibration token: the search sees the brute force's fitness.
     let config = SearchConfig {
         generations: 25,
         offspring: 8,
-        stages: vec![Stage { survivors: 1, tokens: total }],
+        stages: vec![Stage {
+            survivors: 1,
+            tokens: total,
+        }],
         initially_generated: 8,
         initial_tokens: total,
         ..SearchConfig::depth_defaults(n, 3)
@@ -95,6 +111,10 @@ fn restricted_whole_block_search_finds_the_brute_force_optimum() {
     let mut ev = DepthEvaluator::new(m, &Cpu, &cal, layout, usize::MAX);
     let state = search.initialize(&mut ev, &mut ()).unwrap();
     let state = search.run(state, &mut ev, &mut (), None).unwrap();
-    assert_eq!(layout.drops(state.best()), best_mask, "brute-force optimum has fitness {best_f}");
+    assert_eq!(
+        layout.drops(state.best()),
+        best_mask,
+        "brute-force optimum has fitness {best_f}"
+    );
     assert_eq!(state.history.last().unwrap().best_fitness, best_f);
 }
