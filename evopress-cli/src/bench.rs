@@ -118,7 +118,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 fn search(a: SearchArgs) -> Result<()> {
     use crate::run_config::{BackendSection, RunConfig};
-    use evopress_core::search::Search;
+    use evopress_core::search::{DepthLayout, Search};
     use evopress_prune::DepthEvaluator;
 
     let mut cfg = RunConfig::read(&a.config)?;
@@ -127,7 +127,11 @@ fn search(a: SearchArgs) -> Result<()> {
     let loaded = load_model(&cfg.model.path)
         .with_context(|| format!("loading {}", cfg.model.path.display()))?;
     let model = &loaded.model;
-    let (layout, space, _) = crate::search::depth_space(model, backend)?;
+    let layout = DepthLayout {
+        n_blocks: model.layers.len(),
+        entire_block: backend.drop_entire_block,
+    };
+    let space = layout.space(backend.k(model.layers.len())?, None)?;
     let cal = crate::search::calibrate(&loaded, &cfg, true)?;
     let lens = cal.sample_lens();
     let search = Search::new(&space, &cfg.search, &lens)?;

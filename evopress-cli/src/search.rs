@@ -6,17 +6,15 @@
 //! `drop_config.toml` and `convergence.svg`.
 
 use crate::progress;
-use crate::run_config::{tokenize_files, BackendSection, DepthBackend, EvalSection, RunConfig};
+use crate::run_config::{tokenize_files, BackendSection, EvalSection, RunConfig};
 use crate::{plot, write_atomically};
 use anyhow::{Context, Result};
 use evopress_core::data::{self, NllSum};
 use evopress_core::evaluate::Calibration;
-use evopress_core::search::{
-    DepthLayout, GenerationEvent, Observer, Search, SearchSpace, StageInfo,
-};
-use evopress_core::{load_model, BlockPlan, LoadedModel, Model};
+use evopress_core::search::{GenerationEvent, Genome, Observer, Search, StageInfo};
+use evopress_core::{load_model, BlockPlan, CompressionBackend, LoadedModel, Model};
 use evopress_kernels::cpu::Cpu;
-use evopress_prune::{drop_config, DepthEvaluator};
+use evopress_prune::{drop_config, DepthBackend};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::io::Write;
@@ -83,32 +81,53 @@ fn model_identity(path: &Path, model: &Model) -> String {
     format!("{}:{size}:{:?}", path.display(), model.config)
 }
 
-pub fn depth_space(model: &Model, b: &DepthBackend) -> Result<(DepthLayout, SearchSpace, usize)> {
-    let n = model.layers.len();
-    let k = b.k(n)?;
-    let layout = DepthLayout {
-        n_blocks: n,
-        entire_block: b.drop_entire_block,
-    };
-    let legal = b
-        .legal
-        .as_ref()
-        .map(|p| drop_config::read(p, n))
-        .transpose()?;
-    let space = layout.space(k, legal.as_ref())?;
-    Ok((layout, space, k))
+/// The one place backends are registered: a config's `[backend]` section to its
+/// implementation.
+pub fn backend(
+    section: &BackendSection,
+    model: &Model,
+) -> Result<Box<dyn CompressionBackend<Cpu>>> {
+    match section {
+        BackendSection::Depth(b) => {
+            let n = model.layers.len();
+            let legal = b
+                .legal
+                .as_ref()
+                .map(|p| drop_config::read(p, n))
+                .transpose()?;
+            Ok(Box::new(DepthBackend {
+                k: b.k(n)?,
+                drop_entire_block: b.drop_entire_block,
+                legal,
+            }))
+        }
+    }
 }
 
 /// Draws bars, appends `history.jsonl` and rewrites the current best config each generation.
-struct RunObserver {
+struct RunObserver<'a> {
     bar: ProgressBar,
     history: std::fs::File,
     out: PathBuf,
-    layout: DepthLayout,
+    backend: &'a dyn CompressionBackend<Cpu>,
+    model: &'a Model,
     generations_left: Option<usize>,
 }
 
-impl Observer for RunObserver {
+/// Writes the backend's description files of `genome` into `out`.
+fn write_config_files(
+    out: &Path,
+    backend: &dyn CompressionBackend<Cpu>,
+    model: &Model,
+    genome: &Genome,
+) -> Result<()> {
+    for (name, text) in backend.config_files(model, genome) {
+        write_atomically(&out.join(name), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+impl Observer for RunObserver<'_> {
     fn stage_started(&mut self, s: &StageInfo) {
         self.bar.set_message(format!(
             "gen {} stage {}: {} candidates x {} tokens",
@@ -126,10 +145,7 @@ impl Observer for RunObserver {
         });
         let written = writeln!(self.history, "{line}")
             .map_err(anyhow::Error::from)
-            .and_then(|_| {
-                let text = drop_config::to_original(&self.layout.drops(e.best));
-                write_atomically(&self.out.join("layer_drop_config.txt"), text.as_bytes())
-            });
+            .and_then(|_| write_config_files(&self.out, self.backend, self.model, e.best));
         if let Err(err) = written {
             eprintln!("warning: could not write progress files: {err:#}");
         }
@@ -151,7 +167,6 @@ impl Observer for RunObserver {
 struct ResultFile {
     backend: &'static str,
     model: PathBuf,
-    k: usize,
     fitness: String,
     best_fitness: f64,
     generations: usize,
@@ -159,16 +174,9 @@ struct ResultFile {
     tokens_evaluated: u64,
     search_seconds: f64,
     budget: evopress_core::search::BudgetReport,
-    dropped: DroppedSection,
     held_out: HeldOut,
     /// The chosen level per unit (for depth: 1 = dropped), in unit order.
     levels: toml::Table,
-}
-
-#[derive(Serialize)]
-struct DroppedSection {
-    attn: Vec<usize>,
-    mlp: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -180,13 +188,13 @@ struct HeldOut {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = RunConfig::read(&a.config)?;
-    let BackendSection::Depth(backend) = &cfg.backend;
     let out = &cfg.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let loaded = load_model(&cfg.model.path)
         .with_context(|| format!("loading {}", cfg.model.path.display()))?;
     let model = &loaded.model;
-    let (layout, space, k) = depth_space(model, backend)?;
+    let backend = backend(&cfg.backend, model)?;
+    let space = backend.search_space(model)?;
 
     let cal = calibrate(&loaded, &cfg, a.quiet)?;
     let lens = cal.sample_lens();
@@ -198,7 +206,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let search = Search::new(&space, &cfg.search, &lens)?.with_identity(&identity);
     let cache_cap = (cfg.fitness.stage_cache_gb * GB) as usize;
-    let mut evaluator = DepthEvaluator::new(model, &Cpu, &cal, layout, cache_cap);
+    let mut evaluator = backend.evaluator(model, &Cpu, &cal, cache_cap);
 
     let checkpoint = out.join("checkpoint.json");
     let started = Instant::now();
@@ -227,7 +235,8 @@ pub fn run(a: Args) -> Result<()> {
         bar,
         history,
         out: out.clone(),
-        layout,
+        backend: backend.as_ref(),
+        model,
         generations_left: a.stop_after,
     };
     let state = search.run(state, &mut evaluator, &mut observer, Some(&checkpoint))?;
@@ -244,36 +253,19 @@ pub fn run(a: Args) -> Result<()> {
     // The winner is written, then read back from the file for the final evaluation, so the
     // numbers printed belong to the configuration on disk.
     let best = state.best().clone();
-    let config_path = out.join("layer_drop_config.txt");
-    write_atomically(
-        &config_path,
-        drop_config::to_original(&layout.drops(&best)).as_bytes(),
-    )?;
-    write_atomically(
-        &out.join("drop_config.toml"),
-        drop_config::to_toml(&layout.drops(&best)).as_bytes(),
-    )?;
-    let reloaded = drop_config::read(&config_path, model.layers.len())?;
+    write_config_files(out, backend.as_ref(), model, &best)?;
+    let plan = backend.load_plan(model, out)?;
     let dense = held_out_ppl(
         &loaded,
         &cfg.eval,
         &vec![BlockPlan::FULL; model.layers.len()],
         a.quiet,
     )?;
-    let pruned = held_out_ppl(&loaded, &cfg.eval, &drop_config::plan(&reloaded), a.quiet)?;
-
-    let idx = |v: &[bool]| {
-        v.iter()
-            .enumerate()
-            .filter(|(_, &d)| d)
-            .map(|(i, _)| i)
-            .collect()
-    };
+    let compressed = held_out_ppl(&loaded, &cfg.eval, &plan, a.quiet)?;
     let last = state.history.last().expect("a finished run has history");
     let result = ResultFile {
-        backend: "depth",
+        backend: backend.name(),
         model: cfg.model.path.clone(),
-        k,
         fitness: format!("{:?}", cfg.fitness.kind()),
         best_fitness: last.best_fitness,
         generations: state.generation,
@@ -281,14 +273,10 @@ pub fn run(a: Args) -> Result<()> {
         tokens_evaluated: state.history.iter().map(|r| r.tokens).sum(),
         search_seconds,
         budget: space.budget_report(&best),
-        dropped: DroppedSection {
-            attn: idx(&reloaded.attn),
-            mlp: idx(&reloaded.mlp),
-        },
         held_out: HeldOut {
             dense_perplexity: dense.perplexity(),
-            compressed_perplexity: pruned.perplexity(),
-            tokens_scored: pruned.tokens,
+            compressed_perplexity: compressed.perplexity(),
+            tokens_scored: compressed.tokens,
         },
         levels: space
             .units()
@@ -303,10 +291,16 @@ pub fn run(a: Args) -> Result<()> {
         toml::to_string(&result)?.as_bytes(),
     )?;
     plot::convergence_svg(&out.join("convergence.svg"), &state.history)?;
+    let changed: Vec<&str> = space
+        .units()
+        .iter()
+        .zip(space.level_ids(&best))
+        .filter(|(u, level)| *level != u.levels[0].id)
+        .map(|(u, _)| u.name.as_str())
+        .collect();
     println!(
-        "dropped attn {:?} mlp {:?}\nheld-out perplexity: dense {:.4} -> pruned {:.4} ({} tokens)\nresults in {}",
-        result.dropped.attn,
-        result.dropped.mlp,
+        "compressed units: {}\nheld-out perplexity: dense {:.4} -> compressed {:.4} ({} tokens)\nresults in {}",
+        changed.join(" "),
         result.held_out.dense_perplexity,
         result.held_out.compressed_perplexity,
         result.held_out.tokens_scored,

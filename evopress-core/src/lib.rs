@@ -7,6 +7,7 @@
 //!   incrementally from the first block a candidate changes;
 //! - [`search`]: the evolutionary search, which knows nothing about transformers.
 
+pub mod backend;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod search;
 pub mod source;
 pub mod tokenizer;
 
+pub use backend::CompressionBackend;
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use load::{load_model, LoadedModel, ModelSource};

@@ -28,6 +28,17 @@ pub trait Evaluator {
     fn evaluate(&mut self, genome: &Genome, batch: &TokenBatch) -> Result<f64>;
 }
 
+/// A boxed evaluator (what [`crate::CompressionBackend::evaluator`] returns) is one too.
+impl<E: Evaluator + ?Sized> Evaluator for Box<E> {
+    fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
+        (**self).begin_stage(batch, parent)
+    }
+
+    fn evaluate(&mut self, genome: &Genome, batch: &TokenBatch) -> Result<f64> {
+        (**self).evaluate(genome, batch)
+    }
+}
+
 /// Where a selection stage sits in the run. Generation 0 is the selection among random starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageInfo {
