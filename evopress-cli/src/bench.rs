@@ -4,9 +4,9 @@ use anyhow::{Context, Result};
 use evopress_core::{load_model, BlockPlan, Model};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
 use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
-use std::sync::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand)]
@@ -132,7 +132,7 @@ impl Profiled {
     fn print(&self, wall: Duration) {
         let t = self.totals.lock().unwrap();
         let mut rows: Vec<_> = t.iter().collect();
-        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
         let sum: Duration = rows.iter().map(|r| r.1 .0).sum();
         eprintln!("{:<28} {:>9} {:>6} {:>6}", "op", "ms", "calls", "%");
         for (op, (d, n)) in rows {
@@ -142,7 +142,12 @@ impl Profiled {
         }
         let other = wall.saturating_sub(sum).as_secs_f64();
         let pct = 100.0 * other / wall.as_secs_f64();
-        eprintln!("{:<28} {:>9.1} {:>6} {pct:>5.1}%", "outside ops", other * 1e3, "");
+        eprintln!(
+            "{:<28} {:>9.1} {:>6} {pct:>5.1}%",
+            "outside ops",
+            other * 1e3,
+            ""
+        );
         eprintln!("{:<28} {:>9.1}", "wall", wall.as_secs_f64() * 1e3);
     }
 }

@@ -163,7 +163,11 @@ fn gemv(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f
 fn gemm_tiled(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f32]) {
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let parallel = m * n * k >= PARALLEL_MIN_FMAS;
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     // As many tasks as TILE_ROWS asks for, but at least one per thread, in whole rounds.
     let tasks = n.div_ceil(TILE_ROWS).max(threads).next_multiple_of(threads);
     let tile = n.div_ceil(tasks).next_multiple_of(TILE_ALIGN).min(n);
