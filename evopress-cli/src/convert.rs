@@ -34,7 +34,7 @@ pub fn run(a: Args) -> Result<()> {
     let tensors = read_all(src.tensors())?;
     write_hf_dir(&a.out, &config, tensors, dtype)?;
     if let Some(tok) = src.tokenizer()? {
-        tok.save(&a.out.join("tokenizer.json"))?;
+        tok.save(a.out.join("tokenizer.json"))?;
     }
     println!("wrote {}", a.out.display());
     Ok(())

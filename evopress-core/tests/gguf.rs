@@ -307,7 +307,10 @@ fn version_2_and_custom_alignment_open() {
     bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
     let g = GgufFile::open(write_bytes(dir.path(), "v2.gguf", &bytes)).unwrap();
     assert_eq!((g.version(), g.alignment()), (2, 64));
-    assert!(g.tensors().iter().all(|t| g.data_offset(t) % 64 == 0));
+    assert!(g
+        .tensors()
+        .iter()
+        .all(|t| g.data_offset(t).is_multiple_of(64)));
     let v = g.weight("model.layers.0.self_attn.v_proj.weight").unwrap();
     assert_eq!(v.to_f32_vec(), q4_1_expected());
 }

@@ -148,7 +148,7 @@ fn converted_hf_directory_gives_identical_results() {
     src.tokenizer()
         .unwrap()
         .unwrap()
-        .save(&dir.path().join("tokenizer.json"))
+        .save(dir.path().join("tokenizer.json"))
         .unwrap();
     let hf = load_model(dir.path()).unwrap();
     check_logits(&hf);
