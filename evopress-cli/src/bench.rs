@@ -3,8 +3,11 @@
 use anyhow::{Context, Result};
 use evopress_core::{load_model, BlockPlan, Model};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
+use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -37,6 +40,9 @@ pub struct ForwardArgs {
     iters: usize,
     #[arg(long)]
     json: bool,
+    /// Also time every device op over one more forward and print a per-op table.
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(c: Command) -> Result<()> {
@@ -78,6 +84,15 @@ fn forward(a: ForwardArgs) -> Result<()> {
         .map(|_| run_once())
         .collect::<Result<Vec<_>>>()?;
     times.sort_by(f64::total_cmp);
+    if a.profile {
+        let dev = Profiled::default();
+        let t0 = Instant::now();
+        let h = model.hidden_states(&dev, &tokens, 1, &plan)?;
+        let start = Instant::now();
+        std::hint::black_box(model.lm_head(&Cpu, &h));
+        dev.record("lm_head".into(), start.elapsed());
+        dev.print(t0.elapsed());
+    }
     let median = times[times.len() / 2];
     let threads = rayon::current_num_threads();
     let tokens_per_s = a.seq_len as f64 / median;
@@ -106,6 +121,77 @@ fn forward(a: ForwardArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CPU device with a stopwatch around every op, totals keyed by op and shape: the
+/// per-op profile of `bench forward --profile`. The gap between the sum and the wall time is
+/// what runs outside the device (allocation, embedding, RoPE positions).
+#[derive(Default)]
+struct Profiled {
+    totals: Mutex<BTreeMap<String, (Duration, usize)>>,
+}
+
+impl Profiled {
+    fn time<R>(&self, op: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+        let t0 = Instant::now();
+        let r = f();
+        self.record(op(), t0.elapsed());
+        r
+    }
+    fn record(&self, op: String, d: Duration) {
+        let mut t = self.totals.lock().unwrap();
+        let e = t.entry(op).or_default();
+        e.0 += d;
+        e.1 += 1;
+    }
+    fn print(&self, wall: Duration) {
+        let t = self.totals.lock().unwrap();
+        let mut rows: Vec<_> = t.iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
+        let sum: Duration = rows.iter().map(|r| r.1 .0).sum();
+        eprintln!("{:<28} {:>9} {:>6} {:>6}", "op", "ms", "calls", "%");
+        for (op, (d, n)) in rows {
+            let ms = d.as_secs_f64() * 1e3;
+            let pct = 100.0 * d.as_secs_f64() / wall.as_secs_f64();
+            eprintln!("{op:<28} {ms:>9.1} {n:>6} {pct:>5.1}%");
+        }
+        let other = wall.saturating_sub(sum).as_secs_f64();
+        let pct = 100.0 * other / wall.as_secs_f64();
+        eprintln!(
+            "{:<28} {:>9.1} {:>6} {pct:>5.1}%",
+            "outside ops",
+            other * 1e3,
+            ""
+        );
+        eprintln!("{:<28} {:>9.1}", "wall", wall.as_secs_f64() * 1e3);
+    }
+}
+
+impl Device for Profiled {
+    fn matmul_wt(&self, x: &[f32], w: &Weight, out: &mut [f32]) {
+        let m = out.len() / w.rows.max(1);
+        let op = || format!("matmul m={m} n={} k={}", w.rows, w.cols);
+        self.time(op, || Cpu.matmul_wt(x, w, out))
+    }
+    fn rms_norm(&self, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) {
+        self.time(|| "rms_norm".into(), || Cpu.rms_norm(x, gamma, eps, out))
+    }
+    fn rope(&self, x: &mut [f32], n_heads: usize, positions: &[usize], table: &RopeTable) {
+        let op = || "rope".into();
+        self.time(op, || Cpu.rope(x, n_heads, positions, table))
+    }
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape: AttnShape) {
+        self.time(|| "attention".into(), || Cpu.attention(q, k, v, out, shape))
+    }
+    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
+        self.time(|| "silu_mul".into(), || Cpu.silu_mul(gate, up))
+    }
+    fn add_assign(&self, x: &mut [f32], y: &[f32]) {
+        self.time(|| "add_assign".into(), || Cpu.add_assign(x, y))
+    }
+    fn add_bias(&self, x: &mut [f32], bias: &[f32]) {
+        self.time(|| "add_bias".into(), || Cpu.add_bias(x, bias))
+    }
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), if available.

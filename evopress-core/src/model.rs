@@ -119,6 +119,37 @@ impl Layout {
     }
 }
 
+/// Activation buffers of one block, reused by every block of a forward pass. Every op
+/// overwrites its whole output, so stale contents from the previous block never leak.
+#[derive(Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    attn: AttnScratch,
+    mlp: MlpScratch,
+}
+
+#[derive(Default)]
+struct AttnScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Vec<f32>,
+    out: Vec<f32>,
+}
+
+#[derive(Default)]
+struct MlpScratch {
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// `buf` as a slice of exactly `len` elements, growing it if needed (contents unspecified).
+fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    buf
+}
+
 #[derive(Clone, Debug)]
 pub struct Model {
     pub config: ModelConfig,
@@ -282,13 +313,31 @@ impl Model {
         plan: BlockPlan,
         cache: Option<&mut KvCache>,
     ) {
+        let mut scratch = Scratch::default();
+        self.block_forward_in(dev, index, h, layout, plan, cache, &mut scratch);
+    }
+
+    /// [`Model::block_forward`] with the activations in `scratch`, which the forward keeps
+    /// across blocks: allocating (and faulting in) ~10 MB of fresh buffers per block at
+    /// L=512 cost a few percent of the forward.
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward_in<D: Device>(
+        &self,
+        dev: &D,
+        index: usize,
+        h: &mut [f32],
+        layout: Layout,
+        plan: BlockPlan,
+        cache: Option<&mut KvCache>,
+        scratch: &mut Scratch,
+    ) {
         let block = &self.layers[index];
         let eps = self.config.rms_norm_eps;
-        let mut normed = vec![0f32; h.len()];
+        let normed = resized(&mut scratch.normed, h.len());
         if plan.attn {
-            dev.rms_norm(h, &block.input_layernorm, eps, &mut normed);
-            let out = self.attention(dev, index, &normed, layout, cache);
-            dev.add_assign(h, &out);
+            dev.rms_norm(h, &block.input_layernorm, eps, normed);
+            let out = self.attention(dev, index, normed, layout, cache, &mut scratch.attn);
+            dev.add_assign(h, out);
         } else if let Some(cache) = cache {
             // A dropped attention still occupies its cache slots, so every layer's cache
             // stays the same length: fill them with zeros (never read by this layer).
@@ -297,38 +346,39 @@ impl Model {
             cache.values[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
         }
         if plan.mlp {
-            dev.rms_norm(h, &block.post_attention_layernorm, eps, &mut normed);
-            let out = self.mlp(dev, &block.mlp, &normed, layout.tokens());
-            dev.add_assign(h, &out);
+            dev.rms_norm(h, &block.post_attention_layernorm, eps, normed);
+            let out = self.mlp(dev, &block.mlp, normed, layout.tokens(), &mut scratch.mlp);
+            dev.add_assign(h, out);
         }
     }
 
-    fn attention<D: Device>(
+    fn attention<'s, D: Device>(
         &self,
         dev: &D,
         index: usize,
         x: &[f32],
         layout: Layout,
         cache: Option<&mut KvCache>,
-    ) -> Vec<f32> {
+        s: &'s mut AttnScratch,
+    ) -> &'s [f32] {
         let c = &self.config;
         let attn = &self.layers[index].self_attn;
         let n = layout.tokens();
         let (q_dim, kv_dim) = (attn.q_proj.out_features(), attn.k_proj.out_features());
-        let mut q = vec![0f32; n * q_dim];
-        let mut k = vec![0f32; n * kv_dim];
-        let mut v = vec![0f32; n * kv_dim];
-        attn.q_proj.forward(dev, x, &mut q);
-        attn.k_proj.forward(dev, x, &mut k);
-        attn.v_proj.forward(dev, x, &mut v);
+        let q = resized(&mut s.q, n * q_dim);
+        let k = resized(&mut s.k, n * kv_dim);
+        let v = resized(&mut s.v, n * kv_dim);
+        attn.q_proj.forward(dev, x, q);
+        attn.k_proj.forward(dev, x, k);
+        attn.v_proj.forward(dev, x, v);
 
         let positions: Vec<usize> = (0..layout.batch)
             .flat_map(|_| layout.pos0..layout.pos0 + layout.seq)
             .collect();
-        dev.rope(&mut q, c.num_attention_heads, &positions, &self.rope);
-        dev.rope(&mut k, c.num_key_value_heads, &positions, &self.rope);
+        dev.rope(q, c.num_attention_heads, &positions, &self.rope);
+        dev.rope(k, c.num_key_value_heads, &positions, &self.rope);
 
-        let mut ctx = vec![0f32; n * q_dim];
+        let ctx = resized(&mut s.ctx, n * q_dim);
         let shape = |kv_len| AttnShape {
             batch: layout.batch,
             q_len: layout.seq,
@@ -341,33 +391,40 @@ impl Model {
             Some(cache) => {
                 assert_eq!(layout.batch, 1, "the KV cache holds one sequence");
                 assert_eq!(layout.pos0, cache.keys[index].len() / kv_dim);
-                cache.keys[index].extend_from_slice(&k);
-                cache.values[index].extend_from_slice(&v);
+                cache.keys[index].extend_from_slice(k);
+                cache.values[index].extend_from_slice(v);
                 let kv_len = layout.pos0 + layout.seq;
                 dev.attention(
-                    &q,
+                    q,
                     &cache.keys[index],
                     &cache.values[index],
-                    &mut ctx,
+                    ctx,
                     shape(kv_len),
                 );
             }
-            None => dev.attention(&q, &k, &v, &mut ctx, shape(layout.seq)),
+            None => dev.attention(q, k, v, ctx, shape(layout.seq)),
         }
-        let mut out = vec![0f32; n * c.hidden_size];
-        attn.o_proj.forward(dev, &ctx, &mut out);
+        let out = resized(&mut s.out, n * c.hidden_size);
+        attn.o_proj.forward(dev, ctx, out);
         out
     }
 
-    fn mlp<D: Device>(&self, dev: &D, mlp: &Mlp, x: &[f32], n: usize) -> Vec<f32> {
+    fn mlp<'s, D: Device>(
+        &self,
+        dev: &D,
+        mlp: &Mlp,
+        x: &[f32],
+        n: usize,
+        s: &'s mut MlpScratch,
+    ) -> &'s [f32] {
         let inter = mlp.gate_proj.out_features();
-        let mut gate = vec![0f32; n * inter];
-        let mut up = vec![0f32; n * inter];
-        mlp.gate_proj.forward(dev, x, &mut gate);
-        mlp.up_proj.forward(dev, x, &mut up);
-        dev.silu_mul(&mut gate, &up);
-        let mut out = vec![0f32; n * self.config.hidden_size];
-        mlp.down_proj.forward(dev, &gate, &mut out);
+        let gate = resized(&mut s.gate, n * inter);
+        let up = resized(&mut s.up, n * inter);
+        mlp.gate_proj.forward(dev, x, gate);
+        mlp.up_proj.forward(dev, x, up);
+        dev.silu_mul(gate, up);
+        let out = resized(&mut s.out, n * self.config.hidden_size);
+        mlp.down_proj.forward(dev, gate, out);
         out
     }
 
@@ -427,8 +484,9 @@ impl Model {
         }
         self.check_layout(layout, plan)?;
         let mut h = self.embed(tokens)?;
+        let mut scratch = Scratch::default();
         for (i, &p) in plan.iter().enumerate() {
-            self.block_forward(dev, i, &mut h, layout, p, None);
+            self.block_forward_in(dev, i, &mut h, layout, p, None, &mut scratch);
         }
         Ok(self.final_norm(dev, &h))
     }
@@ -455,8 +513,9 @@ impl Model {
         };
         self.check_layout(layout, plan)?;
         let mut h = self.embed(tokens)?;
+        let mut scratch = Scratch::default();
         for (i, &p) in plan.iter().enumerate() {
-            self.block_forward(dev, i, &mut h, layout, p, Some(cache));
+            self.block_forward_in(dev, i, &mut h, layout, p, Some(cache), &mut scratch);
         }
         cache.len += tokens.len();
         let last = &h[(tokens.len() - 1) * self.hidden_size()..];

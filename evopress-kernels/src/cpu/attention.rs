@@ -1,13 +1,16 @@
 //! Causal grouped-query attention, `softmax(Q·Kᵀ/√d + causal mask)·V` per (sequence, head).
 //!
-//! Work is cut into tasks of (sequence, head, block of up to `Q_BLOCK` query rows), disjoint
-//! rectangles of the output, and rayon runs them. Each task does two small single-threaded
-//! gemm calls straight on the strided `q`/`k`/`v` buffers (no head-split copies):
-//! `S = Q_blk · K_hᵀ` over the keys the block's last row can see, then a numerically stable
-//! masked softmax on each row of `S` in f32 (max-subtracted, with the vectorized
-//! [`exp`](super::simd::exp)), then `O_blk = P · V_h`. Masked entries are set to zero, so the
+//! Work is cut into tasks of (sequence, key/value head, block of up to `Q_BLOCK` query rows),
+//! disjoint rectangles of the output, and rayon runs them. A task first gathers the block's
+//! rows of every query head that shares its key/value head (GQA's `group` heads) into one
+//! `[rows·group, head_dim]` matrix `Q_g`, row `(r, j)` being query row `r` of head `j`, so
+//! that K and V are packed by gemm once per group instead of once per head (SmolLM2, 3 heads
+//! per group: 5-15% faster attention at T=512). Then two single-threaded gemm calls on the
+//! strided `k`/`v` buffers (no head-split copies of K and V): `S = Q_g · K_hᵀ` over the keys
+//! the block's last row can see, a numerically stable masked softmax on each row of `S` in
+//! f32 (max-subtracted, with the vectorized [`exp`](super::simd::exp)), then `O_g = P · V_h`,
+//! scattered back to the heads' columns of the output. Masked entries are set to zero, so the
 //! upper triangle of a block costs a few wasted multiply-adds instead of branches.
-//! GQA needs nothing special: query head `h` reads key/value head `h / group`.
 //!
 //! The plain oracle is [`reference::attention`](super::reference::attention).
 
@@ -44,49 +47,62 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape)
     let out_ptr = SyncPtr(out.as_mut_ptr());
 
     let task = |t: usize| {
-        let (b, rest) = (t / (s.n_heads * blocks), t % (s.n_heads * blocks));
-        let (h, blk) = (rest / blocks, rest % blocks);
-        let kvh = h / group;
+        let (b, rest) = (t / (s.n_kv_heads * blocks), t % (s.n_kv_heads * blocks));
+        let (kvh, blk) = (rest / blocks, rest % blocks);
         let i0 = blk * Q_BLOCK;
         let rows = Q_BLOCK.min(s.q_len - i0);
         // Keys visible to the block's last query row.
         let keys = past + i0 + rows;
-        let q_blk = &q[(b * s.q_len + i0) * qw + h * hd..];
+        // The group's heads are adjacent: columns kvh·group·hd.. of a q (and out) row.
+        let (g_rows, g_width, g_col) = (rows * group, group * hd, kvh * group * hd);
         let k_h = &k[b * s.kv_len * kw + kvh * hd..];
         let v_h = &v[b * s.kv_len * kw + kvh * hd..];
-        with_tile_buffer(rows * keys, |scores| {
-            // SAFETY: q_blk has `rows` rows of stride qw from column h·hd, k_h `keys` rows of
-            // stride kw from column kvh·hd (keys <= kv_len), scores is [rows, keys].
+        with_tile_buffer(g_rows * (keys + 2 * hd), |buf| {
+            let (q_g, rest) = buf.split_at_mut(g_rows * hd);
+            let (o_g, scores) = rest.split_at_mut(g_rows * hd);
+            for (r, dst) in q_g.chunks_exact_mut(g_width).enumerate() {
+                let src = (b * s.q_len + i0 + r) * qw + g_col;
+                dst.copy_from_slice(&q[src..src + g_width]);
+            }
+            // SAFETY: q_g is [g_rows, hd], k_h has `keys` rows of stride kw from column
+            // kvh·hd (keys <= kv_len), scores is [g_rows, keys].
             unsafe {
                 gemm_abt(
-                    (rows, keys, hd),
+                    (g_rows, keys, hd),
                     (scores.as_mut_ptr(), keys),
-                    (q_blk.as_ptr(), qw),
+                    (q_g.as_ptr(), hd),
                     (k_h.as_ptr(), kw),
                     Parallelism::None,
                 )
             }
             vectorized!({
                 for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
-                    let visible = past + i0 + r + 1;
+                    let visible = past + i0 + r / group + 1;
                     softmax_in_place(&mut row[..visible], scale);
                     row[visible..].fill(0.0);
                 }
             });
-            // SAFETY: this task alone writes output rows i0..i0+rows, columns h·hd..+hd of
-            // sequence b; v_h has `keys` rows of stride kw.
+            // SAFETY: o_g is [g_rows, hd], v_h has `keys` rows of stride kw.
             unsafe {
                 gemm_ab(
-                    (rows, hd, keys),
-                    (out_ptr.get().add((b * s.q_len + i0) * qw + h * hd), qw),
+                    (g_rows, hd, keys),
+                    (o_g.as_mut_ptr(), hd),
                     (scores.as_ptr(), keys),
                     (v_h.as_ptr(), kw),
                     Parallelism::None,
                 )
             }
+            for (r, src) in o_g.chunks_exact(g_width).enumerate() {
+                let dst = (b * s.q_len + i0 + r) * qw + g_col;
+                // SAFETY: this task alone writes output rows i0..i0+rows, columns
+                // g_col..g_col+g_width of sequence b.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.get().add(dst), g_width)
+                };
+            }
         })
     };
-    (0..s.batch * s.n_heads * blocks)
+    (0..s.batch * s.n_kv_heads * blocks)
         .into_par_iter()
         .for_each(task);
 }
