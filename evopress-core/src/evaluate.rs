@@ -157,9 +157,7 @@ impl StageCache {
                 Some(per_block) => (per_block[first_diff].clone(), first_diff),
                 _ => (model.embed(toks)?, 0),
             };
-            for (b, &p) in plan.iter().enumerate().skip(from) {
-                model.block_forward(dev, b, &mut h, layout, p, None);
-            }
+            model.run_blocks(dev, &mut h, layout, plan, from);
             let normed = model.final_norm(dev, &h);
             let (s_sum, s_count) = cal.score_slice(model, dev, s, &normed);
             sum += s_sum;

@@ -484,11 +484,24 @@ impl Model {
         }
         self.check_layout(layout, plan)?;
         let mut h = self.embed(tokens)?;
-        let mut scratch = Scratch::default();
-        for (i, &p) in plan.iter().enumerate() {
-            self.block_forward_in(dev, i, &mut h, layout, p, None, &mut scratch);
-        }
+        self.run_blocks(dev, &mut h, layout, plan, 0);
         Ok(self.final_norm(dev, &h))
+    }
+
+    /// Runs blocks `from..plan.len()` in place on the residual stream `h`, sharing one set
+    /// of activation buffers: the path of a candidate evaluated from its first changed block.
+    pub fn run_blocks<D: Device>(
+        &self,
+        dev: &D,
+        h: &mut [f32],
+        layout: Layout,
+        plan: &[BlockPlan],
+        from: usize,
+    ) {
+        let mut scratch = Scratch::default();
+        for (i, &p) in plan.iter().enumerate().skip(from) {
+            self.block_forward_in(dev, i, h, layout, p, None, &mut scratch);
+        }
     }
 
     /// Logits `[batch * seq, vocab]` for `batch` equal-length sequences (dense model).
