@@ -81,9 +81,6 @@ impl NllSum {
     }
 }
 
-/// Rows of the LM head computed at once: bounds the logits buffer to `rows * vocab` floats.
-const HEAD_CHUNK_ROWS: usize = 128;
-
 /// NLL of `window[1..]` given its prefixes, with sub-blocks run according to `plan`.
 pub fn window_nll<D: Device>(
     model: &Model,
@@ -92,21 +89,16 @@ pub fn window_nll<D: Device>(
     plan: &[BlockPlan],
 ) -> Result<NllSum> {
     let hidden = model.hidden_states(dev, window, 1, plan)?;
-    let h = model.hidden_size();
     let vocab = model.vocab_size();
     let scored = window.len() - 1;
-    let mut sum = NllSum::default();
-    for start in (0..scored).step_by(HEAD_CHUNK_ROWS) {
-        let end = (start + HEAD_CHUNK_ROWS).min(scored);
-        let logits = model.lm_head(dev, &hidden[start * h..end * h]);
-        sum.nll += evopress_kernels::cpu::reduce::log_softmax_nll(
-            &logits,
-            vocab,
-            &window[start + 1..end + 1],
-        );
-    }
-    sum.tokens = scored;
-    Ok(sum)
+    let nll = model.sum_over_logits(dev, &hidden, scored, |start, logits| {
+        let next = &window[start + 1..start + 1 + logits.len() / vocab];
+        evopress_kernels::cpu::reduce::log_softmax_nll(logits, vocab, next)
+    });
+    Ok(NllSum {
+        nll,
+        tokens: scored,
+    })
 }
 
 /// Perplexity over windows, calling `progress` after each one.

@@ -19,9 +19,6 @@ pub struct Calibration {
     pub targets: DenseTargets,
 }
 
-/// Rows of the LM head computed at once (bounds the logits buffer).
-const HEAD_CHUNK_ROWS: usize = 128;
-
 impl Calibration {
     /// Runs the dense model once over every sample to store its targets. `progress` is called
     /// after each sample.
@@ -64,23 +61,15 @@ impl Calibration {
         slice: &Slice,
         normed: &[f32],
     ) -> (f64, usize) {
-        let h = model.hidden_size();
         let vocab = model.vocab_size();
         let tokens = &self.samples[slice.sample][slice.tokens.clone()];
         let scored = tokens.len().saturating_sub(1);
-        let mut sum = 0.0;
-        for start in (0..scored).step_by(HEAD_CHUNK_ROWS) {
-            let end = (start + HEAD_CHUNK_ROWS).min(scored);
-            let logits = model.lm_head(dev, &normed[start * h..end * h]);
+        let sum = model.sum_over_logits(dev, normed, scored, |start, logits| {
+            let next = &tokens[start + 1..start + 1 + logits.len() / vocab];
             let pos0 = slice.tokens.start + start;
-            sum += self.targets.score_rows(
-                slice.sample,
-                pos0,
-                &logits,
-                vocab,
-                &tokens[start + 1..end + 1],
-            );
-        }
+            self.targets
+                .score_rows(slice.sample, pos0, logits, vocab, next)
+        });
         (sum, scored)
     }
 }

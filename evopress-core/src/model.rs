@@ -161,6 +161,9 @@ pub struct Model {
     rope: RopeTable,
 }
 
+/// Rows of the LM head computed at once by [`Model::sum_over_logits`].
+const HEAD_CHUNK_ROWS: usize = 128;
+
 /// The longest context we precompute RoPE tables for; longer inputs are refused clearly.
 const MAX_ROPE_POSITIONS: usize = 1 << 16;
 
@@ -441,6 +444,26 @@ impl Model {
         let mut logits = vec![0f32; n * self.vocab_size()];
         dev.matmul_wt(normed, &self.lm_head, &mut logits);
         logits
+    }
+
+    /// Sums `score(first_row, logits)` over the logits of `normed[..rows]`, computed
+    /// `HEAD_CHUNK_ROWS` rows at a time so the buffer stays `rows x vocab` small instead of
+    /// `positions x vocab` (100 MB at 512 positions on a 49k vocabulary).
+    pub fn sum_over_logits<D: Device>(
+        &self,
+        dev: &D,
+        normed: &[f32],
+        rows: usize,
+        mut score: impl FnMut(usize, &[f32]) -> f64,
+    ) -> f64 {
+        let h = self.hidden_size();
+        (0..rows)
+            .step_by(HEAD_CHUNK_ROWS)
+            .map(|start| {
+                let end = (start + HEAD_CHUNK_ROWS).min(rows);
+                score(start, &self.lm_head(dev, &normed[start * h..end * h]))
+            })
+            .sum()
     }
 
     /// Checks a layout against the RoPE table and the plan length.
