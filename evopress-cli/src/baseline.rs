@@ -5,7 +5,7 @@ use crate::run_config::{BackendSection, FitnessKindName, RunConfig};
 use crate::search::{calibrate, held_out_ppl};
 use crate::write_atomically;
 use anyhow::{Context, Result};
-use evopress_core::load_model;
+use evopress_core::{load_model, Candidate};
 use evopress_kernels::cpu::Cpu;
 use evopress_prune::baselines::{self, Method};
 use evopress_prune::drop_config;
@@ -80,7 +80,11 @@ pub fn run(c: Command) -> Result<()> {
             let cal = slot.as_ref().expect("just filled");
             (baselines::run(model, &Cpu, cal, method, k)?.config, None)
         };
-        let ppl = held_out_ppl(&loaded, &cfg.eval, &drop_config::plan(&mask), a.quiet)?;
+        let candidate = Candidate {
+            model: model.clone(),
+            plan: drop_config::plan(&mask),
+        };
+        let ppl = held_out_ppl(&loaded, &cfg.eval, &candidate, a.quiet)?;
         let blocks: Vec<usize> = (0..n).filter(|&i| mask.attn[i]).collect();
         println!(
             "{name:>14}  blocks {blocks:?}  held-out perplexity {:.4}",

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use evopress_core::data::{self, NllSum};
 use evopress_core::evaluate::Calibration;
 use evopress_core::search::{GenerationEvent, Genome, Observer, Search, StageInfo};
-use evopress_core::{load_model, BlockPlan, CompressionBackend, LoadedModel, Model};
+use evopress_core::{load_model, Candidate, CompressionBackend, LoadedModel, Model};
 use evopress_kernels::cpu::Cpu;
 use evopress_prune::{drop_config, DepthBackend};
 use indicatif::ProgressBar;
@@ -40,17 +40,17 @@ pub struct Args {
 
 const GB: f64 = 1e9;
 
-/// Perplexity on the held-out files with sub-blocks run according to `plan`.
+/// Perplexity of `candidate` on the held-out files.
 pub fn held_out_ppl(
     loaded: &LoadedModel,
     eval: &EvalSection,
-    plan: &[BlockPlan],
+    candidate: &Candidate,
     quiet: bool,
 ) -> Result<NllSum> {
     let files = tokenize_files(&eval.files, "eval.files", loaded.tokenizer()?)?;
     let windows = data::windows(&files, eval.seq_len, eval.windows)?;
     let bar = progress::bar(windows.len(), "held-out", quiet);
-    let sum = data::perplexity(&loaded.model, &Cpu, &windows, plan, |i| {
+    let sum = data::perplexity(&candidate.model, &Cpu, &windows, &candidate.plan, |i| {
         bar.set_position(i as u64)
     })?;
     bar.finish_and_clear();
@@ -254,14 +254,9 @@ pub fn run(a: Args) -> Result<()> {
     // numbers printed belong to the configuration on disk.
     let best = state.best().clone();
     write_config_files(out, backend.as_ref(), model, &best)?;
-    let plan = backend.load_plan(model, out)?;
-    let dense = held_out_ppl(
-        &loaded,
-        &cfg.eval,
-        &vec![BlockPlan::FULL; model.layers.len()],
-        a.quiet,
-    )?;
-    let compressed = held_out_ppl(&loaded, &cfg.eval, &plan, a.quiet)?;
+    let candidate = backend.load_candidate(model, out)?;
+    let dense = held_out_ppl(&loaded, &cfg.eval, &Candidate::dense(model), a.quiet)?;
+    let compressed = held_out_ppl(&loaded, &cfg.eval, &candidate, a.quiet)?;
     let last = state.history.last().expect("a finished run has history");
     let result = ResultFile {
         backend: backend.name(),

@@ -31,6 +31,25 @@ pub trait CompressionBackend<D: Device> {
     fn config_files(&self, model: &Model, genome: &Genome) -> Vec<(String, String)>;
 
     /// Reads back the configuration written by [`config_files`](Self::config_files) in `dir`
-    /// as the forward pass's plan, so final numbers come from what is on disk.
-    fn load_plan(&self, model: &Model, dir: &Path) -> Result<Vec<BlockPlan>>;
+    /// as a runnable candidate, so final numbers come from what is on disk.
+    fn load_candidate(&self, model: &Model, dir: &Path) -> Result<Candidate>;
+}
+
+/// A compressed model as the forward pass runs it: the weights (the dense model's, with some
+/// linears swapped for views into a variant store) and which sub-blocks run. Cloning a
+/// [`Model`] shares every weight's storage, so a candidate costs no copy of the model.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub model: Model,
+    pub plan: Vec<BlockPlan>,
+}
+
+impl Candidate {
+    /// The model as it is, every sub-block running.
+    pub fn dense(model: &Model) -> Self {
+        Candidate {
+            plan: vec![BlockPlan::FULL; model.layers.len()],
+            model: model.clone(),
+        }
+    }
 }

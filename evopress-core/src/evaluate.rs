@@ -6,10 +6,10 @@
 //! from the first block where it differs. The result is bit-identical to a full forward:
 //! the skipped prefix is the same computation on the same inputs.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fitness::{DenseTargets, FitnessKind};
 use crate::model::{BlockPlan, Layout, Model};
-use crate::search::TokenSlice as Slice;
+use crate::search::{Evaluator, Genome, TokenBatch, TokenSlice as Slice};
 use evopress_kernels::Device;
 
 /// Calibration samples plus the dense model's targets on them.
@@ -153,5 +153,83 @@ impl StageCache {
             count += s_count;
         }
         Ok(sum / count.max(1) as f64)
+    }
+}
+
+/// Builds a genome's model: the dense model with each unit's linear weights swapped for the
+/// chosen variant (views into a variant store, so nothing is copied).
+pub type Assemble<'a> = Box<dyn Fn(&Genome) -> Result<Model> + 'a>;
+
+/// The fitness of genomes that pick one weight variant per linear unit (sparsity levels, bit
+/// widths). A candidate differs from the stage's parent only in the blocks of the units whose
+/// level changed, so it runs from the first such block on the parent's cached activations.
+pub struct SwapEvaluator<'a, D: Device> {
+    dev: &'a D,
+    cal: &'a Calibration,
+    assemble: Assemble<'a>,
+    /// The block of every unit, in genome order.
+    unit_block: Vec<usize>,
+    n_blocks: usize,
+    cache_cap_bytes: usize,
+    stage: Option<(Genome, StageCache)>,
+    /// Blocks run over all evaluations (what incremental evaluation saves shows here).
+    pub blocks_run: u64,
+}
+
+impl<'a, D: Device> SwapEvaluator<'a, D> {
+    pub fn new(
+        model: &Model,
+        dev: &'a D,
+        cal: &'a Calibration,
+        unit_block: Vec<usize>,
+        assemble: Assemble<'a>,
+        cache_cap_bytes: usize,
+    ) -> Self {
+        SwapEvaluator {
+            dev,
+            cal,
+            assemble,
+            unit_block,
+            n_blocks: model.layers.len(),
+            cache_cap_bytes,
+            stage: None,
+            blocks_run: 0,
+        }
+    }
+}
+
+impl<D: Device> Evaluator for SwapEvaluator<'_, D> {
+    fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
+        let model = (self.assemble)(parent)?;
+        let plan = vec![BlockPlan::FULL; self.n_blocks];
+        let cache = StageCache::build(
+            &model,
+            self.dev,
+            self.cal,
+            batch.slices.clone(),
+            &plan,
+            self.cache_cap_bytes,
+        )?;
+        self.stage = Some((parent.clone(), cache));
+        Ok(())
+    }
+
+    fn evaluate(&mut self, genome: &Genome, batch: &TokenBatch) -> Result<f64> {
+        let (parent, cache) = self
+            .stage
+            .as_ref()
+            .filter(|(_, c)| c.slices == batch.slices)
+            .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
+        let first_diff = (genome.0.iter().zip(&parent.0))
+            .zip(&self.unit_block)
+            .filter(|((a, b), _)| a != b)
+            .map(|(_, &block)| block)
+            .min()
+            .unwrap_or(self.n_blocks);
+        let from = if cache.is_cached() { first_diff } else { 0 };
+        self.blocks_run += (self.n_blocks - from) as u64;
+        let model = (self.assemble)(genome)?;
+        let plan = vec![BlockPlan::FULL; self.n_blocks];
+        cache.evaluate(&model, self.dev, self.cal, &plan, from)
     }
 }

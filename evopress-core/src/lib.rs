@@ -21,7 +21,7 @@ pub mod search;
 pub mod source;
 pub mod tokenizer;
 
-pub use backend::CompressionBackend;
+pub use backend::{Candidate, CompressionBackend};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use load::{load_model, LoadedModel, ModelSource};

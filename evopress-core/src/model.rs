@@ -21,6 +21,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::source::TensorSource;
 use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
+use std::sync::Arc;
 
 /// A linear layer `y = x·Wᵀ (+ b)`, `W` being `[out, in]`.
 #[derive(Clone, Debug)]
@@ -158,7 +159,8 @@ pub struct Model {
     pub norm: Vec<f32>,
     /// The output projection; for tied models it shares the embedding's storage.
     pub lm_head: Weight,
-    rope: RopeTable,
+    /// Shared, so that a candidate (a clone with some weights swapped) costs no table copy.
+    rope: Arc<RopeTable>,
 }
 
 /// Rows of the LM head computed at once by [`Model::sum_over_logits`].
@@ -263,10 +265,10 @@ impl Model {
         } else {
             take("lm_head.weight", &[c.vocab_size, h])?
         };
-        let rope = RopeTable::new(
+        let rope = Arc::new(RopeTable::new(
             &c.rope_inv_freq(),
             c.max_position_embeddings.min(MAX_ROPE_POSITIONS),
-        );
+        ));
         Ok(Model {
             norm: vector("model.norm.weight", h)?,
             embed_tokens,

@@ -4,7 +4,7 @@
 use crate::{drop_config, DepthEvaluator};
 use evopress_core::evaluate::Calibration;
 use evopress_core::search::{DepthLayout, DropMask, Evaluator, Genome, SearchSpace};
-use evopress_core::{BlockPlan, CompressionBackend, Model, Result};
+use evopress_core::{Candidate, CompressionBackend, Model, Result};
 use evopress_kernels::Device;
 use std::path::Path;
 
@@ -61,8 +61,11 @@ impl<D: Device> CompressionBackend<D> for DepthBackend {
         ]
     }
 
-    fn load_plan(&self, model: &Model, dir: &Path) -> Result<Vec<BlockPlan>> {
+    fn load_candidate(&self, model: &Model, dir: &Path) -> Result<Candidate> {
         let mask = drop_config::read(&dir.join(ORIGINAL_CONFIG), model.layers.len())?;
-        Ok(drop_config::plan(&mask))
+        Ok(Candidate {
+            model: model.clone(),
+            plan: drop_config::plan(&mask),
+        })
     }
 }
