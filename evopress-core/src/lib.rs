@@ -14,6 +14,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fitness;
 pub mod gguf;
+pub mod level_config;
 pub mod hf;
 pub mod load;
 pub mod model;
