@@ -9,9 +9,11 @@
 //! - [`sparsegpt`]: SparseGPT (SPEC §5.1), magnitude pruning, and the relative layer error.
 //! - [`levels`]: the original's `weights_diff` level scheme (SPEC §3.2).
 //! - [`codec`]: bitmask + kept values, for storing and streaming variants.
+//! - [`owl`]: OWL's per-block sparsities from outlier ratios (SPEC §6.3).
 
 pub mod codec;
 pub mod levels;
+pub mod owl;
 pub mod sparsegpt;
 
 pub use codec::{decode_into, encode, Encoded, ValueType, Values};
