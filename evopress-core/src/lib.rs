@@ -3,6 +3,7 @@
 //! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
 //! - [`data`]: text files to token windows, perplexity;
+//! - [`units`]: the compressible linear units in HF naming, the model fingerprint;
 //! - [`fitness`], [`evaluate`]: KL / top-k KL / perplexity against the dense model, scored
 //!   incrementally from the first block a candidate changes;
 //! - [`search`]: the evolutionary search, which knows nothing about transformers.
@@ -20,10 +21,11 @@ pub mod model;
 pub mod search;
 pub mod source;
 pub mod tokenizer;
+pub mod units;
 
 pub use backend::CompressionBackend;
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use load::{load_model, LoadedModel, ModelSource};
-pub use model::{BlockPlan, Model};
+pub use model::{BlockPlan, LinearInput, LinearKind, Model};
 pub use source::TensorSource;
