@@ -3,12 +3,14 @@
 //! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
 //! - [`data`]: text files to token windows, perplexity;
+//! - [`calibrate`]: the block-wise calibration engine (Hessians of linear inputs);
 //! - [`units`]: the compressible linear units in HF naming, the model fingerprint;
 //! - [`fitness`], [`evaluate`]: KL / top-k KL / perplexity against the dense model, scored
 //!   incrementally from the first block a candidate changes;
 //! - [`search`]: the evolutionary search, which knows nothing about transformers.
 
 pub mod backend;
+pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod error;
