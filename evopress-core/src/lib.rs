@@ -5,6 +5,7 @@
 //! - [`data`]: text files to token windows, perplexity;
 //! - [`calibrate`]: the block-wise calibration engine (Hessians of linear inputs);
 //! - [`units`]: the compressible linear units in HF naming, the model fingerprint;
+//! - [`store`]: the memory-mapped, checksummed, resumable variant store of a database;
 //! - [`fitness`], [`evaluate`]: KL / top-k KL / perplexity against the dense model, scored
 //!   incrementally from the first block a candidate changes;
 //! - [`search`]: the evolutionary search, which knows nothing about transformers.
@@ -22,6 +23,7 @@ pub mod load;
 pub mod model;
 pub mod search;
 pub mod source;
+pub mod store;
 pub mod tokenizer;
 pub mod units;
 
