@@ -120,10 +120,118 @@ impl Layout {
     }
 }
 
+/// The four distinct inputs of a block's linear layers, as a calibration tap sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearInput {
+    /// `rms(h)` before attention: feeds q, k and v.
+    AttnIn,
+    /// The attention context: feeds o_proj.
+    OIn,
+    /// `rms(h)` before the MLP: feeds gate and up.
+    MlpIn,
+    /// `silu(gate) * up`: feeds down_proj.
+    DownIn,
+}
+
+impl LinearInput {
+    pub const ALL: [LinearInput; 4] = [
+        LinearInput::AttnIn,
+        LinearInput::OIn,
+        LinearInput::MlpIn,
+        LinearInput::DownIn,
+    ];
+    /// Position in [`LinearInput::ALL`], for per-input arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The linear layers of one block, in the order the forward runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LinearKind {
+    pub const ALL: [LinearKind; 7] = [
+        LinearKind::Q,
+        LinearKind::K,
+        LinearKind::V,
+        LinearKind::O,
+        LinearKind::Gate,
+        LinearKind::Up,
+        LinearKind::Down,
+    ];
+    /// Which activation this layer multiplies: layers sharing one share its Hessian.
+    pub fn input(self) -> LinearInput {
+        match self {
+            LinearKind::Q | LinearKind::K | LinearKind::V => LinearInput::AttnIn,
+            LinearKind::O => LinearInput::OIn,
+            LinearKind::Gate | LinearKind::Up => LinearInput::MlpIn,
+            LinearKind::Down => LinearInput::DownIn,
+        }
+    }
+    /// The HF module path inside a block, e.g. `self_attn.q_proj`.
+    pub fn module(self) -> &'static str {
+        match self {
+            LinearKind::Q => "self_attn.q_proj",
+            LinearKind::K => "self_attn.k_proj",
+            LinearKind::V => "self_attn.v_proj",
+            LinearKind::O => "self_attn.o_proj",
+            LinearKind::Gate => "mlp.gate_proj",
+            LinearKind::Up => "mlp.up_proj",
+            LinearKind::Down => "mlp.down_proj",
+        }
+    }
+}
+
+impl Block {
+    pub fn linear(&self, kind: LinearKind) -> &Linear {
+        match kind {
+            LinearKind::Q => &self.self_attn.q_proj,
+            LinearKind::K => &self.self_attn.k_proj,
+            LinearKind::V => &self.self_attn.v_proj,
+            LinearKind::O => &self.self_attn.o_proj,
+            LinearKind::Gate => &self.mlp.gate_proj,
+            LinearKind::Up => &self.mlp.up_proj,
+            LinearKind::Down => &self.mlp.down_proj,
+        }
+    }
+    /// Swapping one layer for a compressed variant is how a replacement block is built.
+    pub fn linear_mut(&mut self, kind: LinearKind) -> &mut Linear {
+        match kind {
+            LinearKind::Q => &mut self.self_attn.q_proj,
+            LinearKind::K => &mut self.self_attn.k_proj,
+            LinearKind::V => &mut self.self_attn.v_proj,
+            LinearKind::O => &mut self.self_attn.o_proj,
+            LinearKind::Gate => &mut self.mlp.gate_proj,
+            LinearKind::Up => &mut self.mlp.up_proj,
+            LinearKind::Down => &mut self.mlp.down_proj,
+        }
+    }
+}
+
+/// Observer of the linear layers' inputs while a block runs (calibration). `None` on the
+/// normal forward, which then costs one branch per sub-block.
+pub type Tap<'a> = Option<&'a mut dyn FnMut(LinearInput, &[f32])>;
+
+fn tap_call(tap: &mut Tap<'_>, input: LinearInput, x: &[f32]) {
+    if let Some(t) = tap {
+        t(input, x);
+    }
+}
+
 /// Activation buffers of one block, reused by every block of a forward pass. Every op
 /// overwrites its whole output, so stale contents from the previous block never leak.
+/// Public (opaque) so block-by-block drivers such as the calibration engine reuse them too.
 #[derive(Default)]
-struct Scratch {
+pub struct Scratch {
     normed: Vec<f32>,
     attn: AttnScratch,
     mlp: MlpScratch,
@@ -279,6 +387,14 @@ impl Model {
         })
     }
 
+    /// Layer `kind` of block `block`.
+    pub fn linear(&self, block: usize, kind: LinearKind) -> &Linear {
+        self.layers[block].linear(kind)
+    }
+    pub fn linear_mut(&mut self, block: usize, kind: LinearKind) -> &mut Linear {
+        self.layers[block].linear_mut(kind)
+    }
+
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
@@ -322,6 +438,31 @@ impl Model {
         self.block_forward_in(dev, index, h, layout, plan, cache, &mut scratch);
     }
 
+    /// Runs `block` (this model's own or a replacement whose linears are compressed
+    /// variants) in place on `h`, fully and without a cache, calling `tap` with each of
+    /// the four linear inputs as they are computed. The same code as the normal forward.
+    pub fn block_forward_tapped<D: Device>(
+        &self,
+        dev: &D,
+        block: &Block,
+        h: &mut [f32],
+        layout: Layout,
+        scratch: &mut Scratch,
+        tap: Tap<'_>,
+    ) {
+        self.run_block(
+            dev,
+            block,
+            0,
+            h,
+            layout,
+            BlockPlan::FULL,
+            None,
+            scratch,
+            tap,
+        );
+    }
+
     /// [`Model::block_forward`] with the activations in `scratch`, which the forward keeps
     /// across blocks: allocating (and faulting in) ~10 MB of fresh buffers per block at
     /// L=512 cost a few percent of the forward.
@@ -337,11 +478,31 @@ impl Model {
         scratch: &mut Scratch,
     ) {
         let block = &self.layers[index];
+        self.run_block(dev, block, index, h, layout, plan, cache, scratch, None);
+    }
+
+    /// The one block forward: `block`'s weights, `index` only locating its cache slots.
+    #[allow(clippy::too_many_arguments)]
+    fn run_block<D: Device>(
+        &self,
+        dev: &D,
+        block: &Block,
+        index: usize,
+        h: &mut [f32],
+        layout: Layout,
+        plan: BlockPlan,
+        cache: Option<&mut KvCache>,
+        scratch: &mut Scratch,
+        mut tap: Tap<'_>,
+    ) {
         let eps = self.config.rms_norm_eps;
         let normed = resized(&mut scratch.normed, h.len());
         if plan.attn {
             dev.rms_norm(h, &block.input_layernorm, eps, normed);
-            let out = self.attention(dev, index, normed, layout, cache, &mut scratch.attn);
+            tap_call(&mut tap, LinearInput::AttnIn, normed);
+            let attn = &block.self_attn;
+            let s = &mut scratch.attn;
+            let out = self.attention(dev, attn, index, normed, layout, cache, s, &mut tap);
             dev.add_assign(h, out);
         } else if let Some(cache) = cache {
             // A dropped attention still occupies its cache slots, so every layer's cache
@@ -352,22 +513,26 @@ impl Model {
         }
         if plan.mlp {
             dev.rms_norm(h, &block.post_attention_layernorm, eps, normed);
-            let out = self.mlp(dev, &block.mlp, normed, layout.tokens(), &mut scratch.mlp);
+            tap_call(&mut tap, LinearInput::MlpIn, normed);
+            let s = &mut scratch.mlp;
+            let out = self.mlp(dev, &block.mlp, normed, layout.tokens(), s, &mut tap);
             dev.add_assign(h, out);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention<'s, D: Device>(
         &self,
         dev: &D,
+        attn: &Attention,
         index: usize,
         x: &[f32],
         layout: Layout,
         cache: Option<&mut KvCache>,
         s: &'s mut AttnScratch,
+        tap: &mut Tap<'_>,
     ) -> &'s [f32] {
         let c = &self.config;
-        let attn = &self.layers[index].self_attn;
         let n = layout.tokens();
         let (q_dim, kv_dim) = (attn.q_proj.out_features(), attn.k_proj.out_features());
         let q = resized(&mut s.q, n * q_dim);
@@ -409,6 +574,7 @@ impl Model {
             }
             None => dev.attention(q, k, v, ctx, shape(layout.seq)),
         }
+        tap_call(tap, LinearInput::OIn, ctx);
         let out = resized(&mut s.out, n * c.hidden_size);
         attn.o_proj.forward(dev, ctx, out);
         out
@@ -421,6 +587,7 @@ impl Model {
         x: &[f32],
         n: usize,
         s: &'s mut MlpScratch,
+        tap: &mut Tap<'_>,
     ) -> &'s [f32] {
         let inter = mlp.gate_proj.out_features();
         let gate = resized(&mut s.gate, n * inter);
@@ -428,6 +595,7 @@ impl Model {
         mlp.gate_proj.forward(dev, x, gate);
         mlp.up_proj.forward(dev, x, up);
         dev.silu_mul(gate, up);
+        tap_call(tap, LinearInput::DownIn, gate);
         let out = resized(&mut s.out, n * self.config.hidden_size);
         mlp.down_proj.forward(dev, gate, out);
         out

@@ -81,4 +81,10 @@ pub trait Device: Sync {
     fn add_assign(&self, x: &mut [f32], y: &[f32]);
     /// `x[r, :] += bias` for every row `r`.
     fn add_bias(&self, x: &mut [f32], bias: &[f32]);
+    /// `out[cols, cols] = Xᵀ·X` for `x[n, cols]`, exactly symmetric: one sequence's
+    /// contribution to a linear layer's Hessian. The default runs on the CPU, so a device
+    /// without its own kernel (or a wrapper such as a profiler) still calibrates.
+    fn gram(&self, x: &[f32], cols: usize, out: &mut [f32]) {
+        cpu::gram::gram(x, cols, out)
+    }
 }

@@ -222,3 +222,30 @@ fn reductions_match_reference() {
         );
     }
 }
+
+#[test]
+fn gram_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for &(n, c) in &[(1, 1), (5, 3), (17, 33), (64, 130), (300, 257), (513, 576)] {
+        let x = rand_vec(&mut rng, n * c, 1.0);
+        let (mut got, mut want) = (vec![f32::NAN; c * c], vec![0.0; c * c]);
+        Cpu.gram(&x, c, &mut got);
+        reference::gram(&x, c, &mut want);
+        assert_close(
+            &got,
+            &want,
+            1e-6 * n as f32,
+            1e-5,
+            &format!("gram n={n} c={c}"),
+        );
+        for i in 0..c {
+            for j in 0..c {
+                assert_eq!(
+                    got[i * c + j],
+                    got[j * c + i],
+                    "gram n={n} c={c}: symmetric"
+                );
+            }
+        }
+    }
+}

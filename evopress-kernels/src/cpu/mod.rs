@@ -2,7 +2,7 @@
 //!
 //! One module per op family, each with its plain oracle in [`reference`]:
 //! [`matmul`] (gemm / GEMV, f16/bf16 widened in tiles), [`attention`] (causal GQA),
-//! [`elementwise`] (RMSNorm, RoPE, SwiGLU, adds), [`reduce`] (NLL, log-sum-exp, KL over
+//! [`elementwise`] (RMSNorm, RoPE, SwiGLU, adds), [`gram`] (XᵀX for Hessians), [`reduce`] (NLL, log-sum-exp, KL over
 //! logits), [`peak`] (the measured FMA ceiling), and [`simd`] (runtime dispatch).
 //!
 //! Ops are called one after another from a single thread (the forward pass); each one
@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod gram;
 pub mod matmul;
 pub mod peak;
 pub mod reduce;
@@ -45,6 +46,9 @@ impl Device for Cpu {
     }
     fn add_bias(&self, x: &mut [f32], bias: &[f32]) {
         elementwise::add_bias(x, bias)
+    }
+    fn gram(&self, x: &[f32], cols: usize, out: &mut [f32]) {
+        gram::gram(x, cols, out)
     }
 }
 

@@ -148,3 +148,15 @@ pub fn kl_rows(p_logits: &[f32], q_logits: &[f32], vocab: usize) -> f64 {
         })
         .sum()
 }
+
+/// `out[c, c] = xᵀ·x` for `x[n, c]`, summed in f64 then rounded.
+pub fn gram(x: &[f32], cols: usize, out: &mut [f32]) {
+    let n = x.len().checked_div(cols).unwrap_or(0);
+    for i in 0..cols {
+        for j in 0..cols {
+            out[i * cols + j] = (0..n)
+                .map(|l| x[l * cols + i] as f64 * x[l * cols + j] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+}

@@ -615,4 +615,10 @@ impl Device for CudaDevice {
             d.add_bias_dev(o, &d.stream.clone_htod(bias)?)
         })
     }
+    /// On the host for now: the calibration engine calls it once per sequence and linear
+    /// input, where the CPU gemm is within a small factor of the forward it follows; a cuBLAS
+    /// SYRK is the natural replacement once activations stay on the GPU.
+    fn gram(&self, x: &[f32], cols: usize, out: &mut [f32]) {
+        crate::cpu::gram::gram(x, cols, out)
+    }
 }
