@@ -15,6 +15,7 @@ pub mod levels;
 pub mod sparsegpt;
 
 pub use codec::{decode_into, encode, Encoded, ValueType, Values};
+pub use evopress_kernels::{MaskedMatrix, MaskedValues};
 pub use levels::LevelScheme;
 pub use sparsegpt::{magnitude_prune, rel_error, SparseGpt, SparseGptConfig};
 
