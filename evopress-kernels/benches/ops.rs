@@ -9,7 +9,8 @@ use divan::counter::ItemsCount;
 use divan::Bencher;
 use evopress_kernels::cpu::simd::{dispatch, sum_map};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
-use evopress_kernels::{AttnShape, Device, Weight};
+use evopress_kernels::weight::packed::words_per_row;
+use evopress_kernels::{AttnShape, Buf, Device, MaskedValues, PackedParts, Weight};
 use half::{bf16, f16};
 use std::fmt;
 
@@ -85,6 +86,107 @@ fn matmul(bencher: Bencher, c: &Case) {
         Dt::F16 => Weight::from_f16(c.n, c.k, data.iter().map(|&v| f16::from_f32(v)).collect()),
         Dt::BF16 => Weight::from_bf16(c.n, c.k, data.iter().map(|&v| bf16::from_f32(v)).collect()),
     };
+    let x = values(c.m * c.k, 2);
+    let mut out = vec![0.0; c.m * c.n];
+    bencher
+        .counter(ItemsCount::new(2 * c.m * c.k * c.n))
+        .bench_local(|| Cpu.matmul_wt(&x, &w, &mut out));
+}
+
+/// How a [`COMPRESSED_CASES`] weight is stored.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    F32,
+    F16,
+    /// Packed codes of this many bits, group 64.
+    Packed(u8),
+    /// Half the weights kept, f16 values.
+    Masked50,
+}
+
+#[derive(Clone, Copy)]
+struct KindCase {
+    kind: Kind,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+impl fmt::Display for KindCase {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let KindCase { kind, m, k, n } = self;
+        write!(f, "m={m} k={k} n={n} {kind:?}")
+    }
+}
+
+const fn kc(kind: Kind, m: usize, k: usize, n: usize) -> KindCase {
+    KindCase { kind, m, k, n }
+}
+
+/// The demo model's MLP shapes (up/gate `[1536, 576]`, down `[576, 1536]`) in every weight
+/// kind, so one run shows each kind's ratio to dense f32.
+const COMPRESSED_CASES: &[KindCase] = &[
+    kc(Kind::F32, 512, 576, 1536),
+    kc(Kind::F16, 512, 576, 1536),
+    kc(Kind::Packed(4), 512, 576, 1536),
+    kc(Kind::Packed(2), 512, 576, 1536),
+    kc(Kind::Masked50, 512, 576, 1536),
+    kc(Kind::F32, 512, 1536, 576),
+    kc(Kind::F16, 512, 1536, 576),
+    kc(Kind::Packed(4), 512, 1536, 576),
+    kc(Kind::Packed(2), 512, 1536, 576),
+    kc(Kind::Masked50, 512, 1536, 576),
+    kc(Kind::F32, 1, 576, 1536),
+    kc(Kind::Packed(4), 1, 576, 1536),
+    kc(Kind::Packed(2), 1, 576, 1536),
+    kc(Kind::Masked50, 1, 576, 1536),
+];
+
+fn compressed_weight(kind: Kind, n: usize, k: usize) -> Weight {
+    let data = values(n * k, 1);
+    let hash = |i: usize| (i.wrapping_mul(2_654_435_761) >> 7) as u32;
+    match kind {
+        Kind::F32 => Weight::from_f32(n, k, data),
+        Kind::F16 => Weight::from_f16(n, k, data.iter().map(|&v| f16::from_f32(v)).collect()),
+        Kind::Packed(bits) => {
+            let ng = k.div_ceil(64);
+            let codes = (0..n * words_per_row(k, bits)).map(hash).collect();
+            let scales = (0..n * ng).map(|i| f16::from_f32(0.01 + (i % 7) as f32 * 1e-3));
+            let zeros = (0..n * ng).map(|i| f16::from_f32((i % (1 << bits)) as f32));
+            Weight::packed(PackedParts {
+                rows: n,
+                cols: k,
+                bits,
+                group_size: 64,
+                codes: Buf::owned(codes),
+                scales: Buf::owned(scales.collect()),
+                zeros: Buf::owned(zeros.collect()),
+                perm: None,
+            })
+            .unwrap()
+        }
+        Kind::Masked50 => {
+            let words = k.div_ceil(64);
+            let mut mask = vec![0u64; n * words];
+            let mut kept = Vec::new();
+            for r in 0..n {
+                for c in 0..k {
+                    if hash(r * k + c) & 1 == 1 {
+                        mask[r * words + c / 64] |= 1 << (c % 64);
+                        kept.push(f16::from_f32(data[r * k + c]));
+                    }
+                }
+            }
+            let values = MaskedValues::F16(Buf::owned(kept));
+            Weight::masked(n, k, Some(Buf::owned(mask)), values).unwrap()
+        }
+    }
+}
+
+/// Dense and compressed weights through the same `matmul_wt` (decoded tile by tile).
+#[divan::bench(args = COMPRESSED_CASES, max_time = 2)]
+fn matmul_kinds(bencher: Bencher, c: &KindCase) {
+    let w = compressed_weight(c.kind, c.n, c.k);
     let x = values(c.m * c.k, 2);
     let mut out = vec![0.0; c.m * c.n];
     bencher

@@ -10,7 +10,10 @@ pub mod cpu;
 pub mod cuda;
 pub mod weight;
 
-pub use weight::{DType, Storage, Weight, WeightError, WeightView};
+pub use weight::{
+    Buf, DType, MaskedMatrix, MaskedValues, PackedMatrix, PackedParts, Storage, Weight,
+    WeightError, WeightKind, WeightView,
+};
 
 /// Cos/sin tables for rotate-half RoPE: `cos[p * half + i]`, `sin[p * half + i]` for position
 /// `p` and frequency `i < half = head_dim / 2`. Built by the model (it knows the scaling rule).

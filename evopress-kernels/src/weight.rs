@@ -1,8 +1,22 @@
-//! Weight matrices as the compute side sees them: a row-major `[rows, cols]` matrix whose
-//! elements are f32, f16 or bf16, either owned or borrowed from a memory-mapped file.
+//! Weight matrices as the compute side sees them: a row-major `[rows, cols]` matrix stored
+//! either dense (f32, f16 or bf16 elements) or compressed:
 //!
-//! Keeping mapped weights in their file dtype (no f32 copy) is what lets a multi-GB model
-//! run with one copy of its weights in RAM; the matmul converts tiles to f32 on the fly.
+//! - [`PackedMatrix`] (quantized: bit-packed codes, f16 scales and zeros, optional act-order
+//!   permutation; see [`packed`]),
+//! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]).
+//!
+//! Every table is owned or borrowed from a memory-mapped file ([`Buf`]). Keeping mapped
+//! weights in their file form (no f32 copy) is what lets a multi-GB model, or a database of
+//! compressed variants, run with one copy of its weights in RAM; the matmul decodes rows or
+//! tiles to f32 on the fly.
+
+pub mod buf;
+pub mod masked;
+pub mod packed;
+
+pub use buf::Buf;
+pub use masked::{MaskedMatrix, MaskedValues};
+pub use packed::{PackedMatrix, PackedParts};
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -45,6 +59,43 @@ pub enum Storage {
         offset: usize,
         dtype: DType,
     },
+    /// Quantized codes (see [`packed`]).
+    Packed(Arc<PackedMatrix>),
+    /// Sparse mask + values (see [`masked`]).
+    Masked(Arc<MaskedMatrix>),
+}
+
+/// How a weight is stored, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightKind {
+    Dense(DType),
+    Packed { bits: u8, group_size: usize },
+    Masked { values: DType, has_mask: bool },
+}
+
+impl std::fmt::Display for WeightKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightKind::Dense(d) => write!(f, "dense {}", d.name()),
+            WeightKind::Packed { bits, group_size } => write!(f, "packed {bits}-bit g{group_size}"),
+            WeightKind::Masked { values, has_mask } => {
+                write!(f, "masked {}", values.name())?;
+                if !has_mask {
+                    write!(f, " (no mask)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the matmul reads: a dense view, or a compressed matrix and the first row of this
+/// weight in it.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    Dense(WeightView<'a>),
+    Packed(&'a PackedMatrix, usize),
+    Masked(&'a MaskedMatrix, usize),
 }
 
 /// A borrowed, typed view of a weight's elements.
@@ -97,9 +148,9 @@ pub struct Weight {
     pub rows: usize,
     pub cols: usize,
     storage: Storage,
-    /// Element offset of this matrix within `storage` (non-zero for row slices of a fused
-    /// tensor such as Phi-3's `qkv_proj`, which are views, not copies).
-    start: usize,
+    /// First row of this matrix within `storage` (non-zero for row slices of a fused tensor
+    /// such as Phi-3's `qkv_proj`, which are views, not copies).
+    row0: usize,
 }
 
 /// Why a mapped region cannot be viewed as a weight.
@@ -113,6 +164,8 @@ pub enum WeightError {
         end: usize,
         file_len: usize,
     },
+    #[error("inconsistent compressed weight: {0}")]
+    Layout(String),
 }
 
 impl Weight {
@@ -122,7 +175,7 @@ impl Weight {
             rows,
             cols,
             storage: Storage::F32(Arc::new(data)),
-            start: 0,
+            row0: 0,
         }
     }
     pub fn from_f16(rows: usize, cols: usize, data: Vec<f16>) -> Self {
@@ -131,7 +184,7 @@ impl Weight {
             rows,
             cols,
             storage: Storage::F16(Arc::new(data)),
-            start: 0,
+            row0: 0,
         }
     }
     pub fn from_bf16(rows: usize, cols: usize, data: Vec<bf16>) -> Self {
@@ -140,7 +193,7 @@ impl Weight {
             rows,
             cols,
             storage: Storage::BF16(Arc::new(data)),
-            start: 0,
+            row0: 0,
         }
     }
 
@@ -152,35 +205,92 @@ impl Weight {
         rows: usize,
         cols: usize,
     ) -> Result<Self, WeightError> {
-        let end = offset + rows * cols * dtype.size_of();
-        if end > map.len() {
-            return Err(WeightError::OutOfBounds {
-                offset,
-                end,
-                file_len: map.len(),
-            });
-        }
-        let addr = map.as_ptr() as usize + offset;
-        if !addr.is_multiple_of(dtype.size_of()) {
-            return Err(WeightError::Misaligned {
-                offset,
-                align: dtype.size_of(),
-            });
-        }
+        buf::check_region(&map, offset, rows * cols * dtype.size_of(), dtype.size_of())?;
         Ok(Weight {
             rows,
             cols,
             storage: Storage::Mapped { map, offset, dtype },
-            start: 0,
+            row0: 0,
         })
     }
 
+    /// A packed (quantized) weight from its stored parts, each owned or a region of a mapped
+    /// file; the parts are checked against each other.
+    pub fn packed(parts: PackedParts) -> Result<Self, WeightError> {
+        Ok(Self::from_packed(PackedMatrix::new(parts)?))
+    }
+
+    pub fn from_packed(p: PackedMatrix) -> Self {
+        Weight {
+            rows: p.rows(),
+            cols: p.cols(),
+            storage: Storage::Packed(Arc::new(p)),
+            row0: 0,
+        }
+    }
+
+    /// A masked (sparse) weight from its stored parts: the mask (`None` = dense values) and the
+    /// kept values, each owned or a region of a mapped file; the parts are checked.
+    pub fn masked(
+        rows: usize,
+        cols: usize,
+        mask: Option<Buf<u64>>,
+        values: MaskedValues,
+    ) -> Result<Self, WeightError> {
+        Ok(Self::from_masked(MaskedMatrix::new(
+            rows, cols, mask, values,
+        )?))
+    }
+
+    pub fn from_masked(m: MaskedMatrix) -> Self {
+        Weight {
+            rows: m.rows(),
+            cols: m.cols(),
+            storage: Storage::Masked(Arc::new(m)),
+            row0: 0,
+        }
+    }
+
+    /// How the weight is stored.
+    pub fn kind(&self) -> WeightKind {
+        match &self.storage {
+            Storage::Packed(p) => WeightKind::Packed {
+                bits: p.bits(),
+                group_size: p.group_size(),
+            },
+            Storage::Masked(m) => WeightKind::Masked {
+                values: m.values().dtype(),
+                has_mask: m.mask().is_some(),
+            },
+            _ => WeightKind::Dense(self.dtype()),
+        }
+    }
+
+    /// True for f32/f16/bf16 storage (which [`Weight::view`] can show).
+    pub fn is_dense(&self) -> bool {
+        matches!(self.kind(), WeightKind::Dense(_))
+    }
+
+    /// Bytes this weight's storage takes (for a row slice: its rows' share; a packed matrix's
+    /// permutation counts in full).
+    pub fn bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Packed(p) => p.bytes_of_rows(self.rows),
+            Storage::Masked(m) => m.bytes_of_rows(self.row0, self.rows),
+            _ => self.numel() * self.dtype().size_of(),
+        }
+    }
+
+    /// The element type of a dense weight. For compressed kinds, the type values are decoded
+    /// from (f16 scales for packed, the values' type for masked); see [`Weight::kind`].
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::F32(_) => DType::F32,
             Storage::F16(_) => DType::F16,
             Storage::BF16(_) => DType::BF16,
             Storage::Mapped { dtype, .. } => *dtype,
+            Storage::Packed(_) => DType::F16,
+            Storage::Masked(m) => m.values().dtype(),
         }
     }
 
@@ -188,20 +298,38 @@ impl Weight {
         self.rows * self.cols
     }
 
-    /// Rows `[first, first + count)` as a weight of their own, sharing the storage.
+    /// Rows `[first, first + count)` as a weight of their own, sharing the storage (for every
+    /// kind: a view with a row offset, not a copy).
     pub fn row_slice(&self, first: usize, count: usize) -> Weight {
         assert!(first + count <= self.rows, "row slice out of range");
         Weight {
             rows: count,
             cols: self.cols,
             storage: self.storage.clone(),
-            start: self.start + first * self.cols,
+            row0: self.row0 + first,
         }
     }
 
+    /// The elements of a dense weight.
+    ///
+    /// # Panics
+    /// On a packed or masked weight, which has no dense elements to show; use
+    /// [`Weight::dense_view`] to ask, or [`Weight::decode_rows_into`] / [`Weight::to_f32_vec`]
+    /// to decode.
     pub fn view(&self) -> WeightView<'_> {
-        let (s, n) = (self.start, self.numel());
-        match &self.storage {
+        self.dense_view().unwrap_or_else(|| {
+            panic!(
+                "Weight::view on a {} weight (no dense elements); decode it with \
+                 decode_rows_into or to_f32_vec",
+                self.kind()
+            )
+        })
+    }
+
+    /// The elements of a dense weight, `None` for compressed kinds.
+    pub fn dense_view(&self) -> Option<WeightView<'_>> {
+        let (s, n) = (self.row0 * self.cols, self.numel());
+        Some(match &self.storage {
             Storage::F32(v) => WeightView::F32(&v[s..s + n]),
             Storage::F16(v) => WeightView::F16(&v[s..s + n]),
             Storage::BF16(v) => WeightView::BF16(&v[s..s + n]),
@@ -219,13 +347,58 @@ impl Weight {
                     ),
                 }
             }
+            Storage::Packed(_) | Storage::Masked(_) => return None,
+        })
+    }
+
+    pub(crate) fn source(&self) -> Source<'_> {
+        match &self.storage {
+            Storage::Packed(p) => Source::Packed(p, self.row0),
+            Storage::Masked(m) => Source::Masked(m, self.row0),
+            _ => Source::Dense(self.dense_view().expect("dense storage")),
         }
     }
 
-    /// All elements as f32 (a copy; for small tensors such as norms and biases).
+    /// Decodes rows `[first, first + out.len() / cols)` to f32 into `out` (row-major, original
+    /// column order), for every kind.
+    pub fn decode_rows_into(&self, first: usize, out: &mut [f32]) {
+        let k = self.cols;
+        assert_eq!(
+            out.len() % k.max(1),
+            0,
+            "decode_rows_into: out is not whole rows"
+        );
+        let count = out.len().checked_div(k).unwrap_or(0);
+        assert!(
+            first + count <= self.rows,
+            "decode_rows_into: rows out of range"
+        );
+        match self.source() {
+            Source::Dense(v) => v.to_f32_into(first * k, out),
+            Source::Packed(p, row0) => {
+                let t = p.tables();
+                match p.perm() {
+                    None => t.rows_into(row0 + first, out),
+                    Some(perm) => {
+                        let mut row = vec![0f32; k];
+                        for (i, dst) in out.chunks_exact_mut(k).enumerate() {
+                            t.row_into(row0 + first + i, &mut row);
+                            for (&c, &v) in perm.iter().zip(&row) {
+                                dst[c as usize] = v;
+                            }
+                        }
+                    }
+                }
+            }
+            Source::Masked(m, row0) => m.decode_rows_into(row0 + first, out),
+        }
+    }
+
+    /// All elements as f32, decoded (a copy: for small tensors such as norms and biases, and
+    /// for tests).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.numel()];
-        self.view().to_f32_into(0, &mut out);
+        self.decode_rows_into(0, &mut out);
         out
     }
 }

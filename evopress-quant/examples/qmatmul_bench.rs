@@ -8,8 +8,9 @@
 
 use std::time::Instant;
 
+use evopress_kernels::{cpu::Cpu, Device};
 use evopress_quant::synth::gaussian;
-use evopress_quant::{qmatmul, rtn, QuantSpec};
+use evopress_quant::{rtn, QuantSpec};
 
 /// Best wall time of `f` over enough repetitions to fill ~1 s.
 fn best_time(mut f: impl FnMut()) -> f64 {
@@ -63,10 +64,11 @@ fn main() {
                 .unwrap()
                 .packed;
             let w_hat = packed.dequantize();
+            let weight = packed.to_weight().unwrap();
             for m in [512, 1] {
                 let x = gaussian(m * cols, 2);
                 let mut out = vec![0f32; m * rows];
-                let tq = best_time(|| qmatmul(&x, m, &packed, &mut out));
+                let tq = best_time(|| Cpu.matmul_wt(&x, &weight, &mut out));
                 let td = best_time(|| dense(&x, m, &w_hat, rows, cols, &mut out));
                 println!(
                     "{rows:5} x {cols:<5}       {bits:4} {m:5}   {:8.3}  {:8.3}   {:12.0} {:12.0}  {:6.2}x",

@@ -10,7 +10,8 @@
 //!   Hessian, so that `‖X Wᵀ − X Ŵᵀ‖²` stays small. [`rel_error`] is the metric it minimises.
 //! - [`packed`]: [`PackedMatrix`], codes bit-packed at their width plus f16 scales and zeros:
 //!   what a database or an export stores instead of one dequantized fp16 tensor per bit width.
-//! - [`qmatmul`](mod@qmatmul): `x · Ŵᵀ` straight from a [`PackedMatrix`], unpacking tiles of rows on the fly.
+//!   [`PackedMatrix::to_weight`] hands it to `evopress-kernels`, whose `matmul_wt` multiplies
+//!   `x · Ŵᵀ` straight from the packed codes (the kernels crate owns the format's decoding).
 //!
 //! All matrices are plain row-major `f32` slices with explicit shapes; weights are `[out, in]`
 //! (`rows × cols`) as in HF checkpoints, Hessians are `[in, in]`. Model loading, calibration and
@@ -18,7 +19,6 @@
 
 pub mod gptq;
 pub mod packed;
-pub mod qmatmul;
 pub mod quantizer;
 pub mod synth;
 
@@ -26,7 +26,6 @@ mod linalg;
 
 pub use gptq::{gptq, rel_error, GptqConfig, GptqHessian};
 pub use packed::PackedMatrix;
-pub use qmatmul::qmatmul;
 pub use quantizer::{rtn, GroupParams, QuantSpec, RangeSearch};
 
 /// A quantized weight matrix: the packed form and its dequantization.

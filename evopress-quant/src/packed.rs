@@ -19,16 +19,20 @@
 //! used: the only waste is padding the last chunk of a row (none when `cols` is a multiple of
 //! 32, as every dimension of the target models is).
 //!
+//! The format (layout, validation, row decoding) is owned by
+//! [`evopress_kernels::weight::packed`], whose matmul reads it directly; this module builds it
+//! from GPTQ/RTN codes and hands it over with [`PackedMatrix::to_weight`].
+//!
 //! Compared with the original database, which stores one dequantized fp16 `[out, in]` tensor per
 //! bit width, a packed matrix costs `b/16 + 2/gs` of it (plus 2/rows for a permutation):
 //! 0.28x at 4 bits and group 64, 0.16x at 2 bits.
 
+pub use evopress_kernels::weight::packed::words_per_row;
+use evopress_kernels::weight::packed::{dequantize_row, slices, unpack_row, CHUNK};
+use evopress_kernels::{Buf, PackedParts, Weight, WeightError};
 use half::f16;
 
 use crate::{GroupParams, QuantSpec};
-
-/// Codes per decoding chunk: 32 codes of `b` bits are exactly `b` u32 words.
-const CHUNK: usize = 32;
 
 /// A quantized `[rows, cols]` matrix: packed codes plus per-(row, group) f16 scales and zeros.
 /// See the module docs for the layout.
@@ -137,124 +141,50 @@ impl PackedMatrix {
     }
 
     /// Dequantizes row `r` into `out[cols]`, in stored column order (permuted under act-order).
-    /// This is the inner loop of the quantized matmul.
-    #[inline(always)]
     pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols);
-        unpack_row(self.row_words(r), self.bits, out);
-        let n_groups = self.n_groups();
-        let scales = &self.scales[r * n_groups..(r + 1) * n_groups];
-        let zeros = &self.zeros[r * n_groups..(r + 1) * n_groups];
-        for ((x, s), z) in out.chunks_mut(self.group_size).zip(scales).zip(zeros) {
-            let (s, z) = (s.to_f32(), z.to_f32());
-            for v in x {
-                *v = (*v - z) * s; // = GroupParams::dequantize, bit for bit
-            }
-        }
+        let g = r * self.n_groups()..(r + 1) * self.n_groups();
+        dequantize_row(
+            self.row_words(r),
+            self.bits,
+            self.group_size,
+            &self.scales[g.clone()],
+            &self.zeros[g],
+            out,
+        );
     }
 
     /// The dense `[rows, cols]` matrix in original column order.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        let mut row = vec![0f32; self.cols];
-        for r in 0..self.rows {
-            self.dequantize_row_into(r, &mut row);
-            let dst = &mut out[r * self.cols..(r + 1) * self.cols];
-            match &self.perm {
-                Some(perm) => {
-                    for (&p, &v) in perm.iter().zip(&row) {
-                        dst[p as usize] = v;
-                    }
-                }
-                None => dst.copy_from_slice(&row),
-            }
-        }
-        out
+        self.to_weight()
+            .expect("a packed matrix built by from_codes is consistent")
+            .to_f32_vec()
+    }
+
+    /// The kernels' [`Weight`] for this matrix (copies the tables into owned buffers), which
+    /// `Device::matmul_wt` multiplies without decoding the whole matrix. Fails if the public
+    /// fields were edited into an inconsistent state.
+    pub fn to_weight(&self) -> Result<Weight, WeightError> {
+        self.clone().into_weight()
+    }
+
+    /// As [`PackedMatrix::to_weight`], moving the tables.
+    pub fn into_weight(self) -> Result<Weight, WeightError> {
+        Weight::packed(PackedParts {
+            rows: self.rows,
+            cols: self.cols,
+            bits: self.bits,
+            group_size: self.group_size,
+            codes: Buf::owned(self.codes),
+            scales: Buf::owned(self.scales),
+            zeros: Buf::owned(self.zeros),
+            perm: self.perm.map(Buf::owned),
+        })
     }
 
     fn row_words(&self, r: usize) -> &[u32] {
         let wpr = self.words_per_row();
         &self.codes[r * wpr..(r + 1) * wpr]
-    }
-}
-
-/// u32 words holding one row of `cols` codes of `bits` bits (whole chunks of 32 codes).
-pub fn words_per_row(cols: usize, bits: u8) -> usize {
-    cols.div_ceil(CHUNK) * bits as usize
-}
-
-/// The power-of-two slices of a `bits`-wide code as `(width p, offset o)`: code bits
-/// `[o, o+p)`, stored in chunk words `[o, o+p)`. (The decoder spells these out per width.)
-fn slices(bits: usize) -> impl Iterator<Item = (usize, usize)> {
-    [1, 2, 4, 8]
-        .into_iter()
-        .filter(move |p| bits & p != 0)
-        .map(move |p| (p, bits & (p - 1)))
-}
-
-/// Decodes one row's codes to f32 (`out.len()` codes), dispatching on the width once per row.
-#[inline(always)]
-fn unpack_row(words: &[u32], bits: u8, out: &mut [f32]) {
-    match bits {
-        2 => unpack_row_b::<2>(words, out),
-        3 => unpack_row_b::<3>(words, out),
-        4 => unpack_row_b::<4>(words, out),
-        5 => unpack_row_b::<5>(words, out),
-        6 => unpack_row_b::<6>(words, out),
-        7 => unpack_row_b::<7>(words, out),
-        8 => unpack_row_b::<8>(words, out),
-        _ => unreachable!("bit width {bits} is validated at quantization"),
-    }
-}
-
-#[inline(always)]
-fn unpack_row_b<const B: usize>(words: &[u32], out: &mut [f32]) {
-    let mut chunks = words.chunks_exact(B);
-    for (w, o) in (&mut chunks).zip(out.chunks_exact_mut(CHUNK)) {
-        unpack_chunk::<B>(w.try_into().unwrap(), o.try_into().unwrap());
-    }
-    // A last, partial chunk (its padding codes decode to 0 and are dropped).
-    let rest = out.len() % CHUNK;
-    if rest > 0 {
-        let last = &words[words.len() - B..];
-        let mut o = [0f32; CHUNK];
-        unpack_chunk::<B>(last.try_into().unwrap(), &mut o);
-        let n = out.len();
-        out[n - rest..].copy_from_slice(&o[..rest]);
-    }
-}
-
-/// 32 codes from the `B` words of a chunk: the slices of `B`, each a const-width pass.
-/// (Codes are < 256, so the signed conversion, which every SIMD level has, is exact.)
-#[inline(always)]
-fn unpack_chunk<const B: usize>(w: &[u32; B], out: &mut [f32; CHUNK]) {
-    let mut codes = [0u32; CHUNK];
-    if B & 1 != 0 {
-        add_slice::<1>(&w[..1], 0, &mut codes);
-    }
-    if B & 2 != 0 {
-        add_slice::<2>(&w[B & 1..(B & 1) + 2], B & 1, &mut codes);
-    }
-    if B & 4 != 0 {
-        add_slice::<4>(&w[B & 3..(B & 3) + 4], B & 3, &mut codes);
-    }
-    if B & 8 != 0 {
-        add_slice::<8>(&w[..8], 0, &mut codes);
-    }
-    for (o, c) in out.iter_mut().zip(codes) {
-        *o = c as i32 as f32;
-    }
-}
-
-/// ORs the `P`-bit slice held in `w` (`P` words) into code bits `[o, o+P)`. Written over the
-/// 32 codes (the SIMD lanes) so that, with `P` a constant, a code's word is a fixed shuffle and
-/// its shift a constant vector.
-#[inline(always)]
-fn add_slice<const P: usize>(w: &[u32], o: usize, codes: &mut [u32; CHUNK]) {
-    let per = 32 / P; // codes per word
-    let mask = (1u32 << P) - 1;
-    for (i, c) in codes.iter_mut().enumerate() {
-        *c |= ((w[i / per] >> ((i % per) * P)) & mask) << o;
     }
 }
 
@@ -323,15 +253,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn only_the_last_chunk_of_a_row_is_padded() {
-        // 576 · 3 = 1728 bits = 54 words exactly; 100 codes pad to 128 -> 12 words.
-        assert_eq!(words_per_row(576, 3), 54);
-        assert_eq!(words_per_row(1536, 3), 144);
-        assert_eq!(words_per_row(100, 3), 12);
-        assert_eq!(words_per_row(100, 8), 32);
     }
 
     #[test]

@@ -12,9 +12,14 @@
 //!
 //! Rows decode independently (an index of where each row's values start is rebuilt from the mask,
 //! not stored), so a consumer can stream a matrix in row blocks with [`Encoded::decode_rows`].
+//!
+//! The format (validation, row decoding) is owned by [`evopress_kernels::weight::masked`], whose
+//! matmul multiplies it directly: an [`Encoded`] wraps a [`MaskedMatrix`] and
+//! [`Encoded::weight`] hands it to the kernels as a [`Weight`].
 
 use std::ops::Range;
 
+use evopress_kernels::{Buf, MaskedMatrix, MaskedValues, Weight, WeightError};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -87,26 +92,32 @@ impl Values {
         }
     }
 
-    /// Widens `range` of the values to f32 into `out` (SIMD slice conversion for f16/bf16).
-    fn to_f32(&self, range: Range<usize>, out: &mut [f32]) {
+    /// The kernels' form of the values (owned buffers).
+    fn into_masked(self) -> MaskedValues {
         match self {
-            Values::F16(v) => v[range].convert_to_f32_slice(out),
-            Values::Bf16(v) => v[range].convert_to_f32_slice(out),
-            Values::F32(v) => out.copy_from_slice(&v[range]),
+            Values::F16(v) => MaskedValues::F16(Buf::owned(v)),
+            Values::Bf16(v) => MaskedValues::BF16(Buf::owned(v)),
+            Values::F32(v) => MaskedValues::F32(Buf::owned(v)),
         }
     }
 }
 
-/// One encoded `[rows, cols]` matrix.
-#[derive(Clone, Debug, PartialEq)]
+/// One encoded `[rows, cols]` matrix (the kernels' [`MaskedMatrix`], built and checked here).
+#[derive(Clone, Debug)]
 pub struct Encoded {
-    rows: usize,
-    cols: usize,
-    /// `rows * words_per_row` words, or `None` when stored dense.
-    mask: Option<Vec<u64>>,
-    values: Values,
-    /// `row_start[r]..row_start[r + 1]` are row r's values (derived from the mask).
-    row_start: Vec<usize>,
+    inner: MaskedMatrix,
+}
+
+impl PartialEq for Encoded {
+    fn eq(&self, other: &Self) -> bool {
+        let values_eq = match (self.inner.values(), other.inner.values()) {
+            (MaskedValues::F16(a), MaskedValues::F16(b)) => a.as_slice() == b.as_slice(),
+            (MaskedValues::BF16(a), MaskedValues::BF16(b)) => a.as_slice() == b.as_slice(),
+            (MaskedValues::F32(a), MaskedValues::F32(b)) => a.as_slice() == b.as_slice(),
+            _ => false,
+        };
+        self.shape() == other.shape() && self.mask() == other.mask() && values_eq
+    }
 }
 
 /// Encodes `w` (`[rows, cols]`, row-major): zeros go to the mask, everything else to the values.
@@ -134,17 +145,12 @@ pub fn encode(w: &[f32], rows: usize, cols: usize, ty: ValueType) -> Result<Enco
 
 /// Decodes the whole matrix into `out` (`[rows, cols]`), rows in parallel.
 pub fn decode_into(enc: &Encoded, out: &mut [f32]) -> Result<(), SparseError> {
-    check_shape("decode output", out, enc.rows, enc.cols)?;
-    let rows_per_task = (4096 / enc.cols.max(1)).max(1);
-    out.par_chunks_mut(rows_per_task * enc.cols.max(1))
+    let (rows, cols) = enc.shape();
+    check_shape("decode output", out, rows, cols)?;
+    let rows_per_task = (4096 / cols.max(1)).max(1);
+    out.par_chunks_mut(rows_per_task * cols.max(1))
         .enumerate()
-        .for_each_init(
-            || vec![0.0f32; enc.cols],
-            |scratch, (t, chunk)| {
-                let first = t * rows_per_task;
-                enc.decode_rows_with(first..first + chunk.len() / enc.cols, chunk, scratch);
-            },
-        );
+        .for_each(|(t, chunk)| enc.inner.decode_rows_into(t * rows_per_task, chunk));
     Ok(())
 }
 
@@ -157,118 +163,66 @@ impl Encoded {
         mask: Option<Vec<u64>>,
         values: Values,
     ) -> Result<Self, SparseError> {
-        let row_start: Vec<usize> = match &mask {
-            None => (0..=rows).map(|r| r * cols).collect(),
-            Some(mask) => {
-                let words = cols.div_ceil(64);
-                if mask.len() != rows * words {
-                    return Err(SparseError::Codec(format!(
-                        "mask has {} words, a [{rows}, {cols}] matrix needs {}",
-                        mask.len(),
-                        rows * words
-                    )));
-                }
-                let tail_bits = cols % 64;
-                let padding = if tail_bits == 0 {
-                    0
-                } else {
-                    !0u64 << tail_bits
-                };
-                let mut start = Vec::with_capacity(rows + 1);
-                let mut n = 0;
-                start.push(0);
-                for mask_row in mask.chunks_exact(words.max(1)).take(rows) {
-                    if mask_row.last().is_some_and(|&w| w & padding != 0) {
-                        return Err(SparseError::Codec("mask padding bits are set".into()));
-                    }
-                    n += mask_row
-                        .iter()
-                        .map(|w| w.count_ones() as usize)
-                        .sum::<usize>();
-                    start.push(n);
-                }
-                start.resize(rows + 1, n);
-                start
-            }
-        };
-        if values.len() != row_start[rows] {
-            return Err(SparseError::Codec(format!(
-                "{} values for {} kept weights",
-                values.len(),
-                row_start[rows]
-            )));
-        }
-        Ok(Self {
-            rows,
-            cols,
-            mask,
-            values,
-            row_start,
-        })
+        let inner = MaskedMatrix::new(rows, cols, mask.map(Buf::owned), values.into_masked())
+            .map_err(|e| match e {
+                WeightError::Layout(msg) => SparseError::Codec(msg),
+                e => SparseError::Codec(e.to_string()),
+            })?;
+        Ok(Self { inner })
     }
 
     /// `(rows, cols)` of the matrix.
     pub fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
+        (self.inner.rows(), self.inner.cols())
     }
 
     /// The mask words (`None` for a dense variant), for a store to persist.
     pub fn mask(&self) -> Option<&[u64]> {
-        self.mask.as_deref()
+        self.inner.mask()
     }
 
     /// The kept values, for a store to persist.
-    pub fn values(&self) -> &Values {
-        &self.values
+    pub fn values(&self) -> &MaskedValues {
+        self.inner.values()
     }
 
     /// Number of stored values (all weights when dense).
     pub fn nnz(&self) -> usize {
-        self.values.len()
+        self.inner.nnz()
     }
 
     /// Bytes a store needs for this variant: mask plus values (the row index is rebuilt on load).
     pub fn stored_bytes(&self) -> usize {
-        self.mask.as_ref().map_or(0, |m| m.len() * 8) + self.nnz() * self.values.value_type().size()
+        self.inner.bytes_of_rows(0, self.inner.rows())
+    }
+
+    /// The matrix as a kernels [`Weight`] (shares the buffers), which `Device::matmul_wt`
+    /// multiplies straight from the mask and values.
+    pub fn weight(&self) -> Weight {
+        Weight::from_masked(self.inner.clone())
+    }
+
+    /// As [`Encoded::weight`], by value.
+    pub fn into_weight(self) -> Weight {
+        Weight::from_masked(self.inner)
+    }
+
+    /// The kernels' matrix.
+    pub fn masked(&self) -> &MaskedMatrix {
+        &self.inner
     }
 
     /// Decodes rows `rows` into `out` (`[rows.len(), cols]`), for streaming a matrix in pieces.
     pub fn decode_rows(&self, rows: Range<usize>, out: &mut [f32]) -> Result<(), SparseError> {
-        if rows.start > rows.end || rows.end > self.rows {
+        let (n, cols) = self.shape();
+        if rows.start > rows.end || rows.end > n {
             return Err(SparseError::Codec(format!(
-                "rows {rows:?} out of range for a matrix with {} rows",
-                self.rows
+                "rows {rows:?} out of range for a matrix with {n} rows"
             )));
         }
-        check_shape("decode output", out, rows.len(), self.cols)?;
-        let mut scratch = vec![0.0f32; self.cols];
-        self.decode_rows_with(rows, out, &mut scratch);
+        check_shape("decode output", out, rows.len(), cols)?;
+        self.inner.decode_rows_into(rows.start, out);
         Ok(())
-    }
-
-    /// Decodes `rows` into `out`: widen each row's values into `scratch`, then scatter them to the
-    /// set bits of the row's mask (zeros elsewhere).
-    fn decode_rows_with(&self, rows: Range<usize>, out: &mut [f32], scratch: &mut [f32]) {
-        let words = self.cols.div_ceil(64);
-        for (r, row_out) in rows.zip(out.chunks_exact_mut(self.cols)) {
-            let span = self.row_start[r]..self.row_start[r + 1];
-            let Some(mask) = &self.mask else {
-                self.values.to_f32(span, row_out);
-                continue;
-            };
-            let kept = &mut scratch[..span.len()];
-            self.values.to_f32(span, kept);
-            row_out.fill(0.0);
-            let mut next = kept.iter();
-            for (w, &word) in mask[r * words..(r + 1) * words].iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let c = w * 64 + bits.trailing_zeros() as usize;
-                    row_out[c] = *next.next().expect("mask and values agree");
-                    bits &= bits - 1;
-                }
-            }
-        }
     }
 }
 
@@ -361,9 +315,10 @@ mod tests {
         let w = random_sparse(4, 70, 0.5, 9);
         let enc = encode(&w, 4, 70, ValueType::F32).unwrap();
         let mask = enc.mask().unwrap().to_vec();
-        let Values::F32(values) = enc.values().clone() else {
+        let MaskedValues::F32(values) = enc.values() else {
             unreachable!()
         };
+        let values = values.as_slice().to_vec();
         let again = Encoded::from_parts(4, 70, Some(mask.clone()), Values::F32(values.clone()));
         assert_eq!(again.unwrap(), enc);
         let mut short = values.clone();

@@ -17,6 +17,7 @@ pub mod owl;
 pub mod sparsegpt;
 
 pub use codec::{decode_into, encode, Encoded, ValueType, Values};
+pub use evopress_kernels::{MaskedMatrix, MaskedValues};
 pub use levels::LevelScheme;
 pub use sparsegpt::{magnitude_prune, rel_error, SparseGpt, SparseGptConfig};
 

@@ -13,13 +13,20 @@
 //!   split on every projection of the forward (m=512: 5-10% on the demo model's shapes),
 //!   since each task's slice of `W` stays in its core's L2 while all of `x` streams past.
 //!
+//! Compressed weights ([packed](crate::weight::packed) codes, [masked](crate::weight::masked)
+//! sparse rows) take the same two paths: GEMV decodes one row of `W` at a time into a
+//! per-thread f32 row and dots it with every `x` row; GEMM decodes a task's block of rows into
+//! the thread-local tile, exactly where f16/bf16 blocks are widened. A packed matrix with an
+//! act-order permutation is multiplied in its stored column order against `x[:, perm]`,
+//! gathered once per call: `x · Wᵀ = x[:, perm] · W_storedᵀ`.
+//!
 //! The plain oracle is [`reference::matmul_wt`](super::reference::matmul_wt).
 
-use super::simd::{dot, dot_with, vectorized};
+use super::simd::{bf16_to_f32, dot, dot_with, f16_to_f32, vectorized};
 use super::SyncPtr;
+use crate::weight::Source;
 use crate::{Weight, WeightView};
 use gemm::Parallelism;
-use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -50,11 +57,120 @@ pub fn matmul_wt(x: &[f32], w: &Weight, out: &mut [f32]) {
         out.fill(0.0);
         return;
     }
-    let view = w.view();
-    if m <= GEMV_MAX_M {
-        return gemv(x, m, k, view, n, out);
+    match w.source() {
+        Source::Dense(view) if m <= GEMV_MAX_M => gemv(x, m, k, view, n, out),
+        Source::Dense(view) => gemm_tiled(x, m, k, view, n, out),
+        Source::Packed(p, row0) => {
+            let gathered;
+            let x = match p.perm() {
+                Some(perm) => {
+                    gathered = gather_columns(x, k, perm);
+                    &gathered[..]
+                }
+                None => x,
+            };
+            let t = p.tables();
+            let decode = |j: usize, rows: &mut [f32]| t.rows_into(row0 + j, rows);
+            matmul_decoded(x, m, k, n, out, decode)
+        }
+        Source::Masked(mm, row0) => {
+            let t = mm.tables();
+            let decode = |j: usize, rows: &mut [f32]| t.rows_into(row0 + j, rows);
+            matmul_decoded(x, m, k, n, out, decode)
+        }
     }
-    gemm_tiled(x, m, k, view, n, out)
+}
+
+/// `x[:, perm]`: row `i` of the result holds `x[i, perm[c]]` at column `c`.
+fn gather_columns(x: &[f32], k: usize, perm: &[u32]) -> Vec<f32> {
+    let mut g = vec![0f32; x.len()];
+    for (gi, xi) in g.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
+        for (o, &p) in gi.iter_mut().zip(perm) {
+            *o = xi[p as usize];
+        }
+    }
+    g
+}
+
+/// `out = x · Wᵀ` for a `W` that `decode(j, rows)` writes as f32, rows `j..j + rows.len()/k`
+/// (row-major). `decode` must be `#[inline(always)]`-able: it runs inside [`vectorized!`].
+fn matmul_decoded(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    decode: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    if m <= GEMV_MAX_M {
+        let run = |t: usize| {
+            let rows = t * GEMV_ROWS_PER_TASK..((t + 1) * GEMV_ROWS_PER_TASK).min(n);
+            with_tile_buffer(k, |wr| {
+                vectorized!({
+                    for j in rows {
+                        decode(j, wr);
+                        for i in 0..m {
+                            let v = dot(&x[i * k..(i + 1) * k], wr);
+                            // SAFETY: (i, j) is inside out, and row j belongs to this task only.
+                            unsafe { *out_ptr.get().add(i * n + j) = v };
+                        }
+                    }
+                })
+            })
+        };
+        return for_each_task(
+            n.div_ceil(GEMV_ROWS_PER_TASK),
+            n * k >= PARALLEL_MIN_FMAS,
+            run,
+        );
+    }
+    let (tasks, tile, parallel) = gemm_tasks(m, n, k);
+    let run = |t: usize| {
+        let j0 = t * tile;
+        if j0 >= n {
+            return;
+        }
+        let rows = tile.min(n - j0);
+        with_tile_buffer(rows * k, |block| {
+            vectorized!(decode(j0, block));
+            // SAFETY: block is [rows, k] row-major; output columns j0..j0+rows of every row of
+            // out are written by this task only.
+            unsafe {
+                gemm_abt(
+                    (m, rows, k),
+                    (out_ptr.get().add(j0), n),
+                    (x.as_ptr(), k),
+                    (block.as_ptr(), k),
+                    Parallelism::None,
+                )
+            }
+        })
+    };
+    for_each_task(tasks, parallel, run)
+}
+
+/// Runs `run(0..tasks)`, on the rayon pool when `parallel`.
+fn for_each_task(tasks: usize, parallel: bool, run: impl Fn(usize) + Sync + Send) {
+    if parallel {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// The GEMM path's split: `(tasks, rows of W per task, parallel)`. As many tasks as
+/// [`TILE_ROWS`] asks for, but at least one per thread, in whole rounds.
+fn gemm_tasks(m: usize, n: usize, k: usize) -> (usize, usize, bool) {
+    let parallel = m * n * k >= PARALLEL_MIN_FMAS;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let tasks = n.div_ceil(TILE_ROWS).max(threads).next_multiple_of(threads);
+    let tile = n.div_ceil(tasks).next_multiple_of(TILE_ALIGN).min(n);
+    (tasks, tile, parallel)
 }
 
 /// `dst = a · bᵀ`: `dst[i, j] = Σ_l a[i, l] · b[j, l]` for `i < m, j < n, l < k`, with row
@@ -151,26 +267,14 @@ fn gemv(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f
             }
         })
     };
-    if n * k >= PARALLEL_MIN_FMAS {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
-    }
+    for_each_task(tasks, n * k >= PARALLEL_MIN_FMAS, run)
 }
 
 /// GEMM by column blocks of the output: one single-threaded gemm per block of `W` rows,
 /// widened first when `W` is f16/bf16.
 fn gemm_tiled(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &mut [f32]) {
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    let parallel = m * n * k >= PARALLEL_MIN_FMAS;
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    // As many tasks as TILE_ROWS asks for, but at least one per thread, in whole rounds.
-    let tasks = n.div_ceil(TILE_ROWS).max(threads).next_multiple_of(threads);
-    let tile = n.div_ceil(tasks).next_multiple_of(TILE_ALIGN).min(n);
+    let (tasks, tile, parallel) = gemm_tasks(m, n, k);
     let run = |t: usize| {
         let j0 = t * tile;
         if j0 >= n {
@@ -196,11 +300,7 @@ fn gemm_tiled(x: &[f32], m: usize, k: usize, w: WeightView<'_>, n: usize, out: &
             }),
         }
     };
-    if parallel {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
-    }
+    for_each_task(tasks, parallel, run)
 }
 
 /// Converts `out.len()` elements of `w` from `start` to f32, vectorized.
@@ -226,33 +326,6 @@ fn widen(w: WeightView<'_>, start: usize, out: &mut [f32]) {
     }
 }
 
-/// bf16 is the top half of an f32, so widening is a shift (vectorizes, unlike a call into
-/// `half`, which is compiled for the baseline).
-#[inline(always)]
-fn bf16_to_f32(b: bf16) -> f32 {
-    f32::from_bits((b.to_bits() as u32) << 16)
-}
-
-/// Exact f16 → f32 with integer ops only, so it vectorizes (F. Giesen's method): move the
-/// exponent and mantissa into place and rebias; fix up Inf/NaN (exponent all ones) and
-/// subnormals (exponent zero, renormalized by one float subtraction) with selects.
-#[inline(always)]
-fn f16_to_f32(h: f16) -> f32 {
-    const EXP_MASK: u32 = 0x7c00 << 13;
-    let h = h.to_bits() as u32;
-    let bits = (h & 0x7fff) << 13;
-    let exp = bits & EXP_MASK;
-    let normal = bits + ((127 - 15) << 23);
-    let magnitude = if exp == EXP_MASK {
-        normal + ((128 - 16) << 23)
-    } else if exp == 0 {
-        (f32::from_bits(normal + (1 << 23)) - f32::from_bits(113 << 23)).to_bits()
-    } else {
-        normal
-    };
-    f32::from_bits(magnitude | (h & 0x8000) << 16)
-}
-
 /// Lends `f` this thread's scratch buffer resized to `len` (kept between calls, so tiles
 /// allocate once per thread, not once per task).
 pub(crate) fn with_tile_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
@@ -271,6 +344,7 @@ pub(crate) fn with_tile_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
 
     #[test]
     fn half_widening_is_exact() {

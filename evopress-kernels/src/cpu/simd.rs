@@ -8,6 +8,7 @@
 //! explicit independent lanes (no reassociation needed), so the results do not depend on the
 //! level chosen beyond the last bits of [`exp`] vs libm.
 
+use half::{bf16, f16};
 use std::sync::OnceLock;
 
 /// The widest instruction set the fast ops may use on this CPU.
@@ -183,6 +184,33 @@ pub fn exp(x: f32) -> f32 {
     let er = p * r * r + r + 1.0;
     let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
     er * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
+/// bf16 is the top half of an f32, so widening is a shift (vectorizes, unlike a call into
+/// `half`, which is compiled for the baseline).
+#[inline(always)]
+pub fn bf16_to_f32(b: bf16) -> f32 {
+    f32::from_bits((b.to_bits() as u32) << 16)
+}
+
+/// Exact f16 → f32 with integer ops only, so it vectorizes (F. Giesen's method): move the
+/// exponent and mantissa into place and rebias; fix up Inf/NaN (exponent all ones) and
+/// subnormals (exponent zero, renormalized by one float subtraction) with selects.
+#[inline(always)]
+pub fn f16_to_f32(h: f16) -> f32 {
+    const EXP_MASK: u32 = 0x7c00 << 13;
+    let h = h.to_bits() as u32;
+    let bits = (h & 0x7fff) << 13;
+    let exp = bits & EXP_MASK;
+    let normal = bits + ((127 - 15) << 23);
+    let magnitude = if exp == EXP_MASK {
+        normal + ((128 - 16) << 23)
+    } else if exp == 0 {
+        (f32::from_bits(normal + (1 << 23)) - f32::from_bits(113 << 23)).to_bits()
+    } else {
+        normal
+    };
+    f32::from_bits(magnitude | (h & 0x8000) << 16)
 }
 
 #[cfg(test)]

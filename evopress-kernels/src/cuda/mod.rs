@@ -191,7 +191,16 @@ impl CudaDevice {
     /// Copies a weight to the GPU in its stored dtype (a mapped weight is read straight from
     /// the map).
     pub fn upload_weight(&self, w: &Weight) -> Result<DeviceWeight, CudaError> {
-        let data = match w.view() {
+        let Some(view) = w.dense_view() else {
+            // Compressed kinds are decoded on the host and uploaded as f32 (correct, simple).
+            let f = w.to_f32_vec();
+            return Ok(DeviceWeight {
+                rows: w.rows,
+                cols: w.cols,
+                data: WeightData::F32(self.stream.clone_htod(&f)?),
+            });
+        };
+        let data = match view {
             WeightView::F32(s) => WeightData::F32(self.stream.clone_htod(s)?),
             WeightView::F16(s) => WeightData::F16(self.stream.clone_htod(s)?),
             WeightView::BF16(s) => WeightData::BF16(self.stream.clone_htod(s)?),
