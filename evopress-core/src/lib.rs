@@ -11,6 +11,7 @@
 //! - [`search`]: the evolutionary search, which knows nothing about transformers.
 
 pub mod backend;
+pub mod build;
 pub mod calibrate;
 pub mod config;
 pub mod data;
@@ -18,8 +19,8 @@ pub mod error;
 pub mod evaluate;
 pub mod fitness;
 pub mod gguf;
-pub mod level_config;
 pub mod hf;
+pub mod level_config;
 pub mod load;
 pub mod model;
 pub mod search;
@@ -27,6 +28,7 @@ pub mod source;
 pub mod store;
 pub mod tokenizer;
 pub mod units;
+pub mod variants;
 
 pub use backend::{Candidate, CompressionBackend};
 pub use config::{Arch, ModelConfig};

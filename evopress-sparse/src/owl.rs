@@ -82,7 +82,10 @@ mod tests {
         let (min, max) = (s[1], s[0]);
         assert!(s.iter().all(|&x| x >= min && x <= max));
         assert!((max - min - 0.16).abs() < 1e-12);
-        assert_eq!(block_sparsities(&[0.2, 0.2], 0.5, 0.1).unwrap(), vec![0.5, 0.5]);
+        assert_eq!(
+            block_sparsities(&[0.2, 0.2], 0.5, 0.1).unwrap(),
+            vec![0.5, 0.5]
+        );
     }
 
     #[test]
