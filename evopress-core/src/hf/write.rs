@@ -119,11 +119,11 @@ impl View for TensorOut {
         &self.shape
     }
 
-    /// Borrows the bytes when the weight is already in the target dtype, else converts
-    /// (through f32, with `half`'s slice conversions).
+    /// Borrows the bytes when the weight is dense and already in the target dtype, else
+    /// decodes/converts (through f32, with `half`'s slice conversions): compressed variants
+    /// (sparse, quantized) are written as the dense matrices they stand for.
     fn data(&self) -> Cow<'_, [u8]> {
-        let view = self.weight.view();
-        if view.dtype() == self.dtype {
+        if let Some(view) = self.weight.dense_view().filter(|v| v.dtype() == self.dtype) {
             return Cow::Borrowed(match view {
                 WeightView::F32(s) => bytemuck::cast_slice(s),
                 WeightView::F16(s) => bytemuck::cast_slice(s),
