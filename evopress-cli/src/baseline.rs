@@ -15,6 +15,9 @@ use std::path::PathBuf;
 pub enum Command {
     /// Drop k whole blocks chosen by a scoring method (k from the config's backend.sparsity).
     Drop(DropArgs),
+    /// Uniform SparseGPT, DP over per-layer errors and OWL at a sparsity search config's
+    /// database (SPEC §6.3-6.5).
+    Sparse(crate::baseline_sparse::SparseArgs),
 }
 
 #[derive(clap::Args)]
@@ -31,9 +34,17 @@ pub struct DropArgs {
 }
 
 pub fn run(c: Command) -> Result<()> {
-    let Command::Drop(a) = c;
+    let a = match c {
+        Command::Drop(a) => a,
+        Command::Sparse(a) => return crate::baseline_sparse::run(a),
+    };
     let mut cfg = RunConfig::read(&a.config)?;
-    let BackendSection::Depth(backend) = cfg.backend.clone();
+    let BackendSection::Depth(backend) = cfg.backend.clone() else {
+        anyhow::bail!(
+            "{}: `baseline drop` needs a depth config",
+            a.config.display()
+        );
+    };
     let loaded = load_model(&cfg.model.path)
         .with_context(|| format!("loading {}", cfg.model.path.display()))?;
     let model = &loaded.model;

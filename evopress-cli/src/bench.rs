@@ -209,7 +209,12 @@ fn search(a: SearchArgs) -> Result<()> {
 
     let mut cfg = RunConfig::read(&a.config)?;
     cfg.search.generations = a.generations;
-    let BackendSection::Depth(backend) = &cfg.backend;
+    let BackendSection::Depth(backend) = &cfg.backend else {
+        anyhow::bail!(
+            "{}: `bench search` needs a depth config",
+            a.config.display()
+        );
+    };
     let loaded = load_model(&cfg.model.path)
         .with_context(|| format!("loading {}", cfg.model.path.display()))?;
     let model = &loaded.model;

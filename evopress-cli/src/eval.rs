@@ -26,6 +26,13 @@ pub struct Args {
     /// Drop the sub-blocks a depth config names (original `layer_drop_config.txt` or our TOML).
     #[arg(long)]
     drop_config: Option<PathBuf>,
+    /// Prune the linear layers to the levels a sparsity config names (the original
+    /// `name: level` text or our TOML), taken from `--database`.
+    #[arg(long, requires = "database")]
+    sparse_config: Option<PathBuf>,
+    /// The variant database `--sparse-config` refers to.
+    #[arg(long, requires = "sparse_config")]
+    database: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -46,11 +53,20 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => drop_config::plan(&drop_config::read(p, n)?),
         None => vec![BlockPlan::FULL; n],
     };
+    let sparse_model = match (&a.sparse_config, &a.database) {
+        (Some(cfg), Some(db)) => {
+            let backend = evopress_sparse::SparseBackend::open(&loaded.model, db)
+                .with_context(|| format!("opening the database {}", db.display()))?;
+            let genome = backend.read_config(cfg)?;
+            Some(backend.candidate(&loaded.model, &genome)?.model)
+        }
+        _ => None,
+    };
+    let model = sparse_model.as_ref().unwrap_or(&loaded.model);
+    let counted = sparse_model.as_ref().map(crate::search::CountedZeros::of);
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(&loaded.model, &Cpu, &windows, &plan, |i| {
-        bar.set_position(i as u64)
-    })?;
+    let sum = data::perplexity(model, &Cpu, &windows, &plan, |i| bar.set_position(i as u64))?;
     bar.finish_and_clear();
     let seconds = t1.elapsed().as_secs_f64();
     if a.json {
@@ -65,6 +81,11 @@ pub fn run(a: Args) -> Result<()> {
             "seconds": seconds,
             "load_seconds": (t1 - t0).as_secs_f64(),
             "drop_config": a.drop_config,
+            "sparse_config": a.sparse_config,
+            "database": a.database,
+            "counted_zeros": counted.as_ref().map(|c| c.zeros),
+            "weights": counted.as_ref().map(|c| c.weights),
+            "counted_sparsity": counted.as_ref().map(|c| c.sparsity),
             "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
         });
         println!("{out}");
@@ -77,6 +98,12 @@ pub fn run(a: Args) -> Result<()> {
             a.seq_len,
             seconds
         );
+        if let Some(c) = &counted {
+            println!(
+                "counted zeros in the linear layers: {} / {} = {:.6}",
+                c.zeros, c.weights, c.sparsity
+            );
+        }
     }
     Ok(())
 }

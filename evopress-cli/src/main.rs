@@ -4,7 +4,9 @@
 //! progress and writes results. Each subcommand lives in its own module.
 
 mod baseline;
+mod baseline_sparse;
 mod bench;
+mod build_db;
 mod convert;
 mod eval;
 mod generate;
@@ -39,6 +41,8 @@ enum Command {
     /// One-shot baselines for comparison with the search.
     #[command(subcommand)]
     Baseline(baseline::Command),
+    /// Build (or resume) a variant database described by a TOML file.
+    BuildDb(build_db::Args),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
         Command::Search(a) => search::run(a),
         Command::Baseline(c) => baseline::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::BuildDb(a) => build_db::run(a),
     }
 }
 

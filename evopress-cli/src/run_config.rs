@@ -122,6 +122,15 @@ impl FitnessSection {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BackendSection {
     Depth(DepthBackend),
+    /// Unstructured sparsity over a SparseGPT database (`evopress build-db`).
+    Sparse(SparseBackendSection),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseBackendSection {
+    /// The database directory (`[database] dir` of its build config).
+    pub database: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -101,6 +101,10 @@ pub fn backend(
                 legal,
             }))
         }
+        BackendSection::Sparse(b) => Ok(Box::new(
+            evopress_sparse::SparseBackend::open(model, &b.database)
+                .with_context(|| format!("opening the database {}", b.database.display()))?,
+        )),
     }
 }
 
@@ -175,8 +179,29 @@ struct ResultFile {
     search_seconds: f64,
     budget: evopress_core::search::BudgetReport,
     held_out: HeldOut,
+    /// Zeros counted in the compressed model's linear layers (sparsity backends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counted: Option<CountedZeros>,
     /// The chosen level per unit (for depth: 1 = dropped), in unit order.
     levels: toml::Table,
+}
+
+#[derive(Serialize)]
+pub struct CountedZeros {
+    pub zeros: u64,
+    pub weights: u64,
+    pub sparsity: f64,
+}
+
+impl CountedZeros {
+    pub fn of(model: &Model) -> Self {
+        let (zeros, weights) = evopress_sparse::count_zeros(model);
+        CountedZeros {
+            zeros,
+            weights,
+            sparsity: zeros as f64 / weights.max(1) as f64,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -273,6 +298,7 @@ pub fn run(a: Args) -> Result<()> {
             compressed_perplexity: compressed.perplexity(),
             tokens_scored: compressed.tokens,
         },
+        counted: (backend.name() == "sparse").then(|| CountedZeros::of(&candidate.model)),
         levels: space
             .units()
             .iter()
@@ -301,5 +327,11 @@ pub fn run(a: Args) -> Result<()> {
         result.held_out.tokens_scored,
         out.display()
     );
+    if let Some(c) = &result.counted {
+        println!(
+            "counted zeros: {} / {} = {:.6}",
+            c.zeros, c.weights, c.sparsity
+        );
+    }
     Ok(())
 }

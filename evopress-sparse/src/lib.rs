@@ -10,12 +10,21 @@
 //! - [`levels`]: the original's `weights_diff` level scheme (SPEC §3.2).
 //! - [`codec`]: bitmask + kept values, for storing and streaming variants.
 //! - [`owl`]: OWL's per-block sparsities from outlier ratios (SPEC §6.3).
+//! - [`builder`]: the SparseGPT and OWL variant databases (core's block-wise build driver).
+//! - [`backend`]: the sparsity search backend over a database.
 
+pub mod backend;
+pub mod builder;
 pub mod codec;
 pub mod levels;
 pub mod owl;
 pub mod sparsegpt;
 
+pub use backend::SparseBackend;
+pub use builder::{
+    count_zeros, load_masked, outlier_ratios, OwlBuilder, OwlParams, SparseGptBuilder,
+    SparseGptParams,
+};
 pub use codec::{decode_into, encode, Encoded, ValueType, Values};
 pub use evopress_kernels::{MaskedMatrix, MaskedValues};
 pub use levels::LevelScheme;
