@@ -15,6 +15,8 @@ use std::path::PathBuf;
 pub enum Command {
     /// Drop k whole blocks chosen by a scoring method (k from the config's backend.sparsity).
     Drop(DropArgs),
+    /// Bit-width baselines on a quant search config: uniform, best-of-32 random, DP.
+    Quant(crate::quant::BaselineArgs),
 }
 
 #[derive(clap::Args)]
@@ -31,9 +33,14 @@ pub struct DropArgs {
 }
 
 pub fn run(c: Command) -> Result<()> {
-    let Command::Drop(a) = c;
+    let a = match c {
+        Command::Drop(a) => a,
+        Command::Quant(a) => return crate::quant::baseline(a),
+    };
     let mut cfg = RunConfig::read(&a.config)?;
-    let BackendSection::Depth(backend) = cfg.backend.clone();
+    let BackendSection::Depth(backend) = cfg.backend.clone() else {
+        anyhow::bail!("`baseline drop` needs a depth config ([backend] kind = \"depth\")");
+    };
     let loaded = load_model(&cfg.model.path)
         .with_context(|| format!("loading {}", cfg.model.path.display()))?;
     let model = &loaded.model;

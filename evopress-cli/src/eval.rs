@@ -26,6 +26,12 @@ pub struct Args {
     /// Drop the sub-blocks a depth config names (original `layer_drop_config.txt` or our TOML).
     #[arg(long)]
     drop_config: Option<PathBuf>,
+    /// Per-layer bit widths (original `name: bits` format or our TOML) over `--database`.
+    #[arg(long, requires = "database")]
+    quant_config: Option<PathBuf>,
+    /// The GPTQ database `--quant-config` picks variants from.
+    #[arg(long, requires = "quant_config")]
+    database: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -46,11 +52,14 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => drop_config::plan(&drop_config::read(p, n)?),
         None => vec![BlockPlan::FULL; n],
     };
+    let quant = match (&a.quant_config, &a.database) {
+        (Some(cfg), Some(db)) => Some(crate::quant::assemble_from_config(&loaded.model, db, cfg)?),
+        _ => None,
+    };
+    let model = quant.as_ref().map_or(&loaded.model, |q| &q.model);
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(&loaded.model, &Cpu, &windows, &plan, |i| {
-        bar.set_position(i as u64)
-    })?;
+    let sum = data::perplexity(model, &Cpu, &windows, &plan, |i| bar.set_position(i as u64))?;
     bar.finish_and_clear();
     let seconds = t1.elapsed().as_secs_f64();
     if a.json {
@@ -65,6 +74,11 @@ pub fn run(a: Args) -> Result<()> {
             "seconds": seconds,
             "load_seconds": (t1 - t0).as_secs_f64(),
             "drop_config": a.drop_config,
+            "quant_config": a.quant_config,
+            "database": a.database,
+            "average_bits": quant.as_ref().map(|q| q.average_bits),
+            "stored_bytes": quant.as_ref().map(|q| q.stored_bytes),
+            "stored_bits_per_weight": quant.as_ref().map(|q| q.stored_bits_per_weight),
             "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
         });
         println!("{out}");
@@ -77,6 +91,13 @@ pub fn run(a: Args) -> Result<()> {
             a.seq_len,
             seconds
         );
+        if let Some(q) = &quant {
+            println!(
+                "quantized: {:.4} average bits per weight, {} bytes stored ({:.4} bits per \
+                 weight with scales and zeros)",
+                q.average_bits, q.stored_bytes, q.stored_bits_per_weight
+            );
+        }
     }
     Ok(())
 }

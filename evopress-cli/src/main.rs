@@ -5,11 +5,13 @@
 
 mod baseline;
 mod bench;
+mod build_db;
 mod convert;
 mod eval;
 mod generate;
 mod plot;
 mod progress;
+mod quant;
 mod run_config;
 mod search;
 
@@ -42,6 +44,8 @@ enum Command {
     /// Speed measurements.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Build (or resume) a variant database described by a TOML file.
+    BuildDb(build_db::Args),
 }
 
 fn main() -> Result<()> {
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
         Command::Search(a) => search::run(a),
         Command::Baseline(c) => baseline::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::BuildDb(a) => build_db::run(a),
     }
 }
 

@@ -122,6 +122,8 @@ impl FitnessSection {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BackendSection {
     Depth(DepthBackend),
+    /// Bit-width allocation over a GPTQ database (SPEC §3.3).
+    Quant(evopress_quant::QuantSearchParams),
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

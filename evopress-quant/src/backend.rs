@@ -61,6 +61,20 @@ impl QuantBackend {
         Ok(QuantBackend { table, params })
     }
 
+    /// Opens a database for reading configurations only (no search target).
+    pub fn open_database(model: &Model, dir: &Path) -> Result<Self> {
+        Self::open(
+            model,
+            QuantSearchParams {
+                database: dir.into(),
+                target_bits: f64::NAN,
+                group_rule: GroupRule::Size,
+                step: 1,
+                count_overhead: false,
+            },
+        )
+    }
+
     pub fn table(&self) -> &VariantTable {
         &self.table
     }
@@ -157,6 +171,30 @@ impl QuantBackend {
             .sum()
     }
 
+    /// Bytes of the whole database in its files (every unit at every width).
+    pub fn database_bytes(&self) -> u64 {
+        self.table
+            .store()
+            .manifest()
+            .files
+            .values()
+            .map(|f| f.bytes)
+            .sum()
+    }
+
+    /// What the original layout would spend on the same database: one dense fp16 tensor per
+    /// unit and width.
+    pub fn original_layout_bytes(&self) -> u64 {
+        (0..self.table.units().len())
+            .map(|u| crate::builder::original_layout_bytes(self.table.entry(u)))
+            .sum()
+    }
+
+    /// Weights in all units.
+    pub fn numel(&self) -> u64 {
+        self.table.units().iter().map(|u| u.numel() as u64).sum()
+    }
+
     /// Parameter-weighted average code bits of a per-unit width assignment.
     pub fn average_bits(&self, ids: &[i32]) -> f64 {
         let (mut bits, mut numel) = (0f64, 0f64);
@@ -185,7 +223,10 @@ impl QuantBackend {
         let mut order: Vec<usize> = (0..units.len()).collect();
         order.sort_by_key(|&u| units[u].group);
         let grouped = order.iter().map(|&u| (units[u].name.as_str(), ids[u]));
-        let natural = units.iter().map(|u| u.name.as_str()).zip(ids.iter().copied());
+        let natural = units
+            .iter()
+            .map(|u| u.name.as_str())
+            .zip(ids.iter().copied());
         vec![
             (ORIGINAL_CONFIG.into(), level_config::to_original(grouped)),
             (TOML_CONFIG.into(), level_config::to_toml(natural)),
@@ -209,7 +250,9 @@ impl<D: Device> CompressionBackend<D> for QuantBackend {
         cal: &'a Calibration,
         cache_cap_bytes: usize,
     ) -> Box<dyn Evaluator + 'a> {
-        let space = self.space().expect("the space was built before the evaluator");
+        let space = self
+            .space()
+            .expect("the space was built before the evaluator");
         let unit_block = self.table.units().iter().map(|u| u.block).collect();
         let assemble = Box::new(move |g: &Genome| {
             let ids = space.level_ids(g);

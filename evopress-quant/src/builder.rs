@@ -248,20 +248,16 @@ impl VariantBuilder for GptqBuilder {
 /// memory maps (nothing is decoded or copied).
 pub fn load_packed(store: &VariantStore, unit: &UnitEntry, level: i32) -> Result<Weight> {
     let name = &unit.name;
-    let entry = unit.level(level).ok_or_else(|| {
-        Error::Invalid(format!("`{name}` has no level {level} in the database"))
-    })?;
+    let entry = unit
+        .level(level)
+        .ok_or_else(|| Error::Invalid(format!("`{name}` has no level {level} in the database")))?;
     let int = |key: &str| {
-        entry
-            .extra
-            .get(key)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| {
-                Error::format(
-                    store.dir().join("manifest.json"),
-                    format!("`{name}` level {level} has no integer `{key}`"),
-                )
-            })
+        entry.extra.get(key).and_then(Value::as_u64).ok_or_else(|| {
+            Error::format(
+                store.dir().join("manifest.json"),
+                format!("`{name}` level {level} has no integer `{key}`"),
+            )
+        })
     };
     let bits = int("bits")? as u8;
     let group_size = int("group_size")? as usize;
@@ -279,7 +275,10 @@ pub fn load_packed(store: &VariantStore, unit: &UnitEntry, level: i32) -> Result
         } else {
             Err(Error::format(
                 store.dir(),
-                format!("`{name}/{level}/{p}` has {} elements, expected {n}", t.numel()),
+                format!(
+                    "`{name}/{level}/{p}` has {} elements, expected {n}",
+                    t.numel()
+                ),
             ))
         }
     };
