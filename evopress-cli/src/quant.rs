@@ -6,7 +6,7 @@ use crate::run_config::{BackendSection, RunConfig};
 use crate::search::{calibrate, held_out_ppl};
 use crate::write_atomically;
 use anyhow::{bail, Context, Result};
-use evopress_core::search::{dp, Genome, Search, TokenBatch, TokenSlice};
+use evopress_core::search::{dp, Genome, Search};
 use evopress_core::{load_model, BlockPlan, CompressionBackend, Model};
 use evopress_kernels::cpu::Cpu;
 use evopress_kernels::Weight;
@@ -78,8 +78,8 @@ pub struct BaselineArgs {
     /// A quant search config: model, calibration, eval, backend (database, target), output.dir.
     #[arg(long)]
     config: PathBuf,
-    /// uniform, random (best of `--candidates` random starts on all calibration tokens), dp,
-    /// or all.
+    /// uniform, random (best of `--candidates` random starts, scored as the search's
+    /// initialisation on `initial_tokens` calibration tokens), dp (manifest errors), or all.
     #[arg(long, default_value = "all")]
     method: String,
     /// Random starts scored by `random`.
@@ -87,18 +87,6 @@ pub struct BaselineArgs {
     candidates: usize,
     #[arg(long)]
     quiet: bool,
-}
-
-/// All calibration tokens as one batch.
-fn whole_batch(lens: &[usize]) -> TokenBatch {
-    TokenBatch {
-        slices: (lens.iter().enumerate())
-            .map(|(sample, &n)| TokenSlice {
-                sample,
-                tokens: 0..n,
-            })
-            .collect(),
-    }
 }
 
 /// `evopress baseline quant`: uniform, best-of-N random and DP allocations under the same
@@ -120,7 +108,6 @@ pub fn baseline(a: BaselineArgs) -> Result<()> {
     };
     let cal = calibrate(&loaded, &cfg, a.quiet)?;
     let lens = cal.sample_lens();
-    let batch = whole_batch(&lens);
     let cache_cap = (cfg.fitness.stage_cache_gb * 1e9) as usize;
     let mut rows = Vec::new();
     for name in methods {
@@ -139,7 +126,6 @@ pub fn baseline(a: BaselineArgs) -> Result<()> {
                 let mut sc = cfg.search.clone();
                 sc.initially_generated = a.candidates;
                 sc.population_size = 1;
-                sc.initial_tokens = lens.iter().sum();
                 let search = Search::new(&space, &sc, &lens)?;
                 let mut ev =
                     CompressionBackend::<Cpu>::evaluator(&backend, model, &Cpu, &cal, cache_cap);
@@ -155,18 +141,11 @@ pub fn baseline(a: BaselineArgs) -> Result<()> {
             write_atomically(&dir.join(file), text.as_bytes())?;
         }
         let candidate = CompressionBackend::<Cpu>::load_candidate(&backend, model, &dir)?;
-        let fitness = {
-            let mut ev =
-                CompressionBackend::<Cpu>::evaluator(&backend, model, &Cpu, &cal, cache_cap);
-            ev.begin_stage(&batch, &genome)?;
-            ev.evaluate(&genome, &batch)?
-        };
         let ppl = held_out_ppl(&loaded, &cfg.eval, &candidate, a.quiet)?;
         let budget = space.budget_report(&genome);
         let stored = stored_table(&backend, &ids);
         println!(
-            "{name:>8}  avg bits {:.4}  budget holds {}  calibration fitness {fitness:.5}  \
-             held-out perplexity {:.4}",
+            "{name:>8}  avg bits {:.4}  budget holds {}  held-out perplexity {:.4}",
             backend.average_bits(&ids),
             budget.holds,
             ppl.perplexity()
@@ -175,7 +154,6 @@ pub fn baseline(a: BaselineArgs) -> Result<()> {
             "method": name,
             "target_bits": q.target_bits,
             "count_overhead": q.count_overhead,
-            "calibration_fitness": fitness,
             "held_out_perplexity": ppl.perplexity(),
             "tokens_scored": ppl.tokens,
             "seconds": seconds,
