@@ -18,6 +18,8 @@ pub enum Command {
     /// Uniform SparseGPT, DP over per-layer errors and OWL at a sparsity search config's
     /// database (SPEC §6.3-6.5).
     Sparse(crate::baseline_sparse::SparseArgs),
+    /// Bit-width baselines on a quant search config: uniform, best-of-32 random, DP.
+    Quant(crate::quant::BaselineArgs),
 }
 
 #[derive(clap::Args)]
@@ -37,11 +39,12 @@ pub fn run(c: Command) -> Result<()> {
     let a = match c {
         Command::Drop(a) => a,
         Command::Sparse(a) => return crate::baseline_sparse::run(a),
+        Command::Quant(a) => return crate::quant::baseline(a),
     };
     let mut cfg = RunConfig::read(&a.config)?;
     let BackendSection::Depth(backend) = cfg.backend.clone() else {
         anyhow::bail!(
-            "{}: `baseline drop` needs a depth config",
+            "{}: `baseline drop` needs a depth config ([backend] kind = \"depth\")",
             a.config.display()
         );
     };

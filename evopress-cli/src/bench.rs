@@ -16,6 +16,8 @@ pub enum Command {
     /// Candidate evaluations/s and seconds/generation of a search config, with incremental
     /// evaluation and without it, in one run (same seed, so the same candidates).
     Search(SearchArgs),
+    /// Quantized forward (packed codes) vs the dense f32 forward, in one run.
+    Quant(crate::quant::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -49,6 +51,7 @@ pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Forward(a) => forward(a),
         Command::Search(a) => search(a),
+        Command::Quant(a) => crate::quant::bench(a),
     }
 }
 
@@ -211,7 +214,7 @@ fn search(a: SearchArgs) -> Result<()> {
     cfg.search.generations = a.generations;
     let BackendSection::Depth(backend) = &cfg.backend else {
         anyhow::bail!(
-            "{}: `bench search` needs a depth config",
+            "{}: `bench search` times depth configs; use `bench quant` for quantization",
             a.config.display()
         );
     };

@@ -3,7 +3,7 @@
 //! ```toml
 //! [model]        path = "..."
 //! [calibration]  files, seq_len, windows, sampling, seed   (as in a search config)
-//! [database]     kind = "sparsegpt" | "owl", dir = "...", then the method's parameters
+//! [database]     kind = "sparsegpt" | "owl" | "gptq", dir = "...", then the method's parameters
 //! ```
 //!
 //! A killed build resumes where it stopped (the store keeps whole blocks). At the end
@@ -56,6 +56,32 @@ pub enum DatabaseSection {
     Sparsegpt(SparseGptDb),
     /// OWL: SparseGPT at per-block sparsities for a λ × M grid (SPEC §6.3).
     Owl(OwlDb),
+    /// GPTQ at several bit widths, bit-packed (SPEC §5.2).
+    Gptq(GptqDb),
+}
+
+/// `dir` plus GPTQ's parameters. Read through a table so that unknown keys stay errors
+/// (serde's `flatten` would silently accept them).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(try_from = "toml::Table")]
+pub struct GptqDb {
+    pub dir: PathBuf,
+    #[serde(flatten)]
+    pub params: evopress_quant::GptqParams,
+}
+
+impl TryFrom<toml::Table> for GptqDb {
+    type Error = String;
+    fn try_from(mut t: toml::Table) -> Result<Self, String> {
+        let dir = match t.remove("dir") {
+            Some(toml::Value::String(d)) => PathBuf::from(d),
+            Some(other) => return Err(format!("`dir` must be a path string, not {other}")),
+            None => return Err("missing field `dir`".into()),
+        };
+        let params = evopress_quant::GptqParams::deserialize(toml::Value::Table(t))
+            .map_err(|e| e.to_string())?;
+        Ok(GptqDb { dir, params })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -100,6 +126,7 @@ impl DatabaseSection {
         match self {
             DatabaseSection::Sparsegpt(d) => &d.dir,
             DatabaseSection::Owl(d) => &d.dir,
+            DatabaseSection::Gptq(d) => &d.dir,
         }
     }
 }
@@ -163,6 +190,7 @@ fn builder(
                 lod,
             )?)
         }
+        DatabaseSection::Gptq(d) => Box::new(evopress_quant::GptqBuilder::new(d.params.clone())?),
     })
 }
 
@@ -275,4 +303,25 @@ pub fn run(a: Args) -> Result<()> {
 
 fn short(unit: &str) -> &str {
     unit.rsplit('.').next().unwrap_or(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gptq_section_takes_dir_and_rejects_unknown_keys() {
+        let ok: DatabaseSection =
+            toml::from_str("kind = \"gptq\"\ndir = \"db\"\nbits = [2, 4]\ngroup_size = 64")
+                .unwrap();
+        let DatabaseSection::Gptq(d) = ok else {
+            panic!("parsed as another kind")
+        };
+        assert_eq!(
+            (d.dir, d.params.bits, d.params.group_size),
+            ("db".into(), vec![2, 4], 64)
+        );
+        let bad = toml::from_str::<DatabaseSection>("kind = \"gptq\"\ndir = \"db\"\nbitz = [2]");
+        assert!(bad.unwrap_err().to_string().contains("bitz"));
+    }
 }

@@ -28,10 +28,13 @@ pub struct Args {
     drop_config: Option<PathBuf>,
     /// Prune the linear layers to the levels a sparsity config names (the original
     /// `name: level` text or our TOML), taken from `--database`.
-    #[arg(long, requires = "database")]
+    #[arg(long, requires = "database", conflicts_with = "quant_config")]
     sparse_config: Option<PathBuf>,
-    /// The variant database `--sparse-config` refers to.
-    #[arg(long, requires = "sparse_config")]
+    /// Per-layer bit widths (original `name: bits` format or our TOML) over `--database`.
+    #[arg(long, requires = "database")]
+    quant_config: Option<PathBuf>,
+    /// The variant database `--sparse-config` or `--quant-config` picks variants from.
+    #[arg(long)]
     database: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -64,6 +67,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let model = sparse_model.as_ref().unwrap_or(&loaded.model);
     let counted = sparse_model.as_ref().map(crate::search::CountedZeros::of);
+    let quant = match (&a.quant_config, &a.database) {
+        (Some(cfg), Some(db)) => Some(crate::quant::assemble_from_config(&loaded.model, db, cfg)?),
+        _ => None,
+    };
+    let model = quant.as_ref().map_or(model, |q| &q.model);
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
     let sum = data::perplexity(model, &Cpu, &windows, &plan, |i| bar.set_position(i as u64))?;
@@ -86,6 +94,10 @@ pub fn run(a: Args) -> Result<()> {
             "counted_zeros": counted.as_ref().map(|c| c.zeros),
             "weights": counted.as_ref().map(|c| c.weights),
             "counted_sparsity": counted.as_ref().map(|c| c.sparsity),
+            "quant_config": a.quant_config,
+            "average_bits": quant.as_ref().map(|q| q.average_bits),
+            "stored_bytes": quant.as_ref().map(|q| q.stored_bytes),
+            "stored_bits_per_weight": quant.as_ref().map(|q| q.stored_bits_per_weight),
             "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
         });
         println!("{out}");
@@ -102,6 +114,13 @@ pub fn run(a: Args) -> Result<()> {
             println!(
                 "counted zeros in the linear layers: {} / {} = {:.6}",
                 c.zeros, c.weights, c.sparsity
+            );
+        }
+        if let Some(q) = &quant {
+            println!(
+                "quantized: {:.4} average bits per weight, {} bytes stored ({:.4} bits per \
+                 weight with scales and zeros)",
+                q.average_bits, q.stored_bytes, q.stored_bits_per_weight
             );
         }
     }

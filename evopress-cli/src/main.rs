@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod plot;
 mod progress;
+mod quant;
 mod run_config;
 mod search;
 

@@ -124,6 +124,8 @@ pub enum BackendSection {
     Depth(DepthBackend),
     /// Unstructured sparsity over a SparseGPT database (`evopress build-db`).
     Sparse(SparseBackendSection),
+    /// Bit-width allocation over a GPTQ database (SPEC §3.3).
+    Quant(evopress_quant::QuantSearchParams),
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

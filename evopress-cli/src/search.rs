@@ -88,6 +88,7 @@ pub fn backend(
     model: &Model,
 ) -> Result<Box<dyn CompressionBackend<Cpu>>> {
     match section {
+        BackendSection::Quant(q) => Ok(Box::new(crate::quant::open_backend(model, q)?)),
         BackendSection::Depth(b) => {
             let n = model.layers.len();
             let legal = b
@@ -182,6 +183,9 @@ struct ResultFile {
     /// Zeros counted in the compressed model's linear layers (sparsity backends).
     #[serde(skip_serializing_if = "Option::is_none")]
     counted: Option<CountedZeros>,
+    /// Backend-specific numbers (quant: average bits, true stored bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<toml::Table>,
     /// The chosen level per unit (for depth: 1 = dropped), in unit order.
     levels: toml::Table,
 }
@@ -293,6 +297,7 @@ pub fn run(a: Args) -> Result<()> {
         tokens_evaluated: state.history.iter().map(|r| r.tokens).sum(),
         search_seconds,
         budget: space.budget_report(&best),
+        stored: crate::quant::result_extras(&cfg.backend, model, &space.level_ids(&best))?,
         held_out: HeldOut {
             dense_perplexity: dense.perplexity(),
             compressed_perplexity: compressed.perplexity(),

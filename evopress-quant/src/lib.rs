@@ -13,10 +13,16 @@
 //!   [`PackedMatrix::to_weight`] hands it to `evopress-kernels`, whose `matmul_wt` multiplies
 //!   `x · Ŵᵀ` straight from the packed codes (the kernels crate owns the format's decoding).
 //!
+//! - [`builder`]: the GPTQ database builder ([`GptqBuilder`], a core `VariantBuilder`) and
+//!   the mapped loader of its packed variants; [`backend`]: bit-width allocation over such a
+//!   database as a core `CompressionBackend` ([`QuantBackend`]).
+//!
 //! All matrices are plain row-major `f32` slices with explicit shapes; weights are `[out, in]`
 //! (`rows × cols`) as in HF checkpoints, Hessians are `[in, in]`. Model loading, calibration and
 //! the database layout live elsewhere and call into this crate.
 
+pub mod backend;
+pub mod builder;
 pub mod gptq;
 pub mod packed;
 pub mod quantizer;
@@ -24,6 +30,8 @@ pub mod synth;
 
 mod linalg;
 
+pub use backend::{QuantBackend, QuantSearchParams};
+pub use builder::{GptqBuilder, GptqParams, Propagation};
 pub use gptq::{gptq, rel_error, GptqConfig, GptqHessian};
 pub use packed::PackedMatrix;
 pub use quantizer::{rtn, GroupParams, QuantSpec, RangeSearch};
