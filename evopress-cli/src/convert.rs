@@ -1,10 +1,12 @@
 //! `evopress convert`: write an HF directory (config.json, tokenizer.json, model.safetensors)
-//! that HF transformers and this tool load with identical logits.
+//! that HF transformers and this tool load with identical logits, optionally of a compressed
+//! model (a depth, sparsity or bit-width config applied: see [`CandidateArgs`]).
 
+use crate::candidate::{replace_tensors, CandidateArgs};
 use anyhow::{Context, Result};
 use evopress_core::hf::write_hf_dir;
 use evopress_core::source::read_all;
-use evopress_core::ModelSource;
+use evopress_core::{Model, ModelSource};
 use evopress_kernels::DType;
 use std::path::PathBuf;
 
@@ -19,6 +21,10 @@ pub struct Args {
     /// Element type of the written weights. f32 keeps dequantized GGUF weights exact.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     dtype: String,
+    /// Write the model compressed by these configs (sparse and quantized layers as the dense
+    /// matrices they stand for, dropped sub-blocks as zero output projections).
+    #[command(flatten)]
+    compress: CandidateArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -31,7 +37,16 @@ pub fn run(a: Args) -> Result<()> {
         _ => DType::F32,
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let tensors = read_all(src.tensors())?;
+    let mut tensors = read_all(src.tensors())?;
+    let compressed = a
+        .compress
+        .apply(&Model::from_source(config.clone(), src.tensors())?)?;
+    if !compressed.report.is_empty() {
+        replace_tensors(&compressed.candidate, &mut tensors)?;
+    }
+    for line in crate::candidate::describe(&compressed.report) {
+        println!("{line}");
+    }
     write_hf_dir(&a.out, &config, tensors, dtype)?;
     if let Some(tok) = src.tokenizer()? {
         tok.save(a.out.join("tokenizer.json"))?;

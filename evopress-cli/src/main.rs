@@ -7,6 +7,7 @@ mod baseline;
 mod baseline_sparse;
 mod bench;
 mod build_db;
+mod candidate;
 mod convert;
 mod eval;
 mod generate;

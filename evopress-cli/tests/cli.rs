@@ -275,7 +275,7 @@ fn unknown_config_key_is_named_with_its_line() {
 }
 
 #[test]
-fn drop_config_in_both_formats_evaluates_the_same() {
+fn drop_config_in_both_formats_and_exported_evaluates_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let original = dir.path().join("layer_drop_config.txt");
     let mut lines = vec!["none"; 30];
@@ -311,4 +311,45 @@ fn drop_config_in_both_formats_evaluates_the_same() {
     let (a, b) = (ppl(&original), ppl(&ours));
     assert_eq!(a, b);
     assert!(a > 31.0, "dropping sub-blocks should hurt: {a}");
+
+    // Exported as an HF directory (dropped sub-blocks as zero output projections), the
+    // compressed model scores the same with no config at all.
+    let export = dir.path().join("export");
+    let out = run(&[
+        "convert",
+        "--model",
+        &m,
+        "--out",
+        export.to_str().unwrap(),
+        "--drop-config",
+        original.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "eval",
+        "--model",
+        export.to_str().unwrap(),
+        "--data",
+        &biden(),
+        "--seq-len",
+        "128",
+        "--windows",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exported = v["perplexity"].as_f64().unwrap();
+    assert!(
+        (exported - a).abs() <= 1e-9 * a,
+        "exported {exported} vs {a}"
+    );
 }
