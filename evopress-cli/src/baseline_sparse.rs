@@ -28,7 +28,7 @@ pub struct SparseArgs {
     /// eval, output.dir.
     #[arg(long)]
     config: PathBuf,
-    /// uniform, dp, owl or all.
+    /// uniform, dp, owl or all (owl only with --owl-database).
     #[arg(long, default_value = "all")]
     method: String,
     /// The OWL database (`evopress build-db` with `kind = "owl"`), for `owl`.
@@ -55,7 +55,8 @@ pub fn run(a: SparseArgs) -> Result<()> {
         );
     };
     let methods: Vec<&str> = match a.method.as_str() {
-        "all" => vec!["uniform", "dp", "owl"],
+        "all" if a.owl_database.is_some() => vec!["uniform", "dp", "owl"],
+        "all" => vec!["uniform", "dp"],
         m @ ("uniform" | "dp" | "owl") => vec![m],
         m => bail!("unknown --method `{m}`; expected uniform, dp, owl or all"),
     };
