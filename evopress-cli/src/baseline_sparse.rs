@@ -34,14 +34,24 @@ pub struct SparseArgs {
     /// The OWL database (`evopress build-db` with `kind = "owl"`), for `owl`.
     #[arg(long)]
     owl_database: Option<PathBuf>,
+    /// Calibration windows OWL's grid points are compared on (the first N of the config's;
+    /// default all).
+    #[arg(long)]
+    selection_windows: Option<usize>,
     #[arg(long)]
     quiet: bool,
 }
 
 /// Calibration perplexity of a candidate on the config's calibration windows.
-fn calibration_ppl(loaded: &LoadedModel, cfg: &RunConfig, candidate: &Candidate) -> Result<f64> {
+fn calibration_ppl(
+    loaded: &LoadedModel,
+    cfg: &RunConfig,
+    limit: Option<usize>,
+    candidate: &Candidate,
+) -> Result<f64> {
     let windows = cfg.calibration.windows(loaded.tokenizer()?)?;
-    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let n = limit.unwrap_or(windows.len()).min(windows.len());
+    let refs: Vec<&[u32]> = windows[..n].iter().map(Vec::as_slice).collect();
     let sum = data::perplexity(&candidate.model, &Cpu, &refs, &candidate.plan, |_| {})?;
     Ok(sum.perplexity())
 }
@@ -101,7 +111,7 @@ pub fn run(a: SparseArgs) -> Result<()> {
                 let mut best: Option<(f64, i32)> = None;
                 for (i, &id) in ids.iter().enumerate() {
                     let candidate = owl.candidate(model, &owl.uniform(id)?)?;
-                    let ppl = calibration_ppl(&loaded, &cfg, &candidate)?;
+                    let ppl = calibration_ppl(&loaded, &cfg, a.selection_windows, &candidate)?;
                     let level = owl.table.entry(0).level(id).expect("listed");
                     grid.push(json!({
                         "level": id, "lambda": level.extra.get("lambda"), "m": level.extra.get("m"),

@@ -184,10 +184,8 @@ dir = "{out}"
         "--database",
         &db.display().to_string(),
     ]))));
-    assert_eq!(
-        2 * sparse["counted_zeros"].as_u64().unwrap(),
-        sparse["weights"].as_u64().unwrap()
-    );
+    let extra = sparse["counted_zeros"].as_i64().unwrap() - sparse["weights"].as_i64().unwrap() / 2;
+    assert!((0..=16).contains(&extra), "{sparse}");
     let (d, s) = (
         dense["perplexity"].as_f64().unwrap(),
         sparse["perplexity"].as_f64().unwrap(),
