@@ -145,7 +145,17 @@ pub fn run(a: SparseArgs) -> Result<()> {
         )?;
         rows.push(row);
     }
+    // Methods run separately accumulate in one file: a method's new row replaces its old one.
     let path = cfg.output.dir.join("baselines.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(serde_json::Value::Array(old)) = serde_json::from_str(&text) {
+            let mut merged: Vec<serde_json::Value> = (old.into_iter())
+                .filter(|o| rows.iter().all(|r| r["method"] != o["method"]))
+                .collect();
+            merged.append(&mut rows);
+            rows = merged;
+        }
+    }
     write_atomically(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     println!("written {}", path.display());
     Ok(())
