@@ -28,20 +28,30 @@ pub struct SparseArgs {
     /// eval, output.dir.
     #[arg(long)]
     config: PathBuf,
-    /// uniform, dp, owl or all.
+    /// uniform, dp, owl or all (owl only with --owl-database).
     #[arg(long, default_value = "all")]
     method: String,
     /// The OWL database (`evopress build-db` with `kind = "owl"`), for `owl`.
     #[arg(long)]
     owl_database: Option<PathBuf>,
+    /// Calibration windows OWL's grid points are compared on (the first N of the config's;
+    /// default all).
+    #[arg(long)]
+    selection_windows: Option<usize>,
     #[arg(long)]
     quiet: bool,
 }
 
 /// Calibration perplexity of a candidate on the config's calibration windows.
-fn calibration_ppl(loaded: &LoadedModel, cfg: &RunConfig, candidate: &Candidate) -> Result<f64> {
+fn calibration_ppl(
+    loaded: &LoadedModel,
+    cfg: &RunConfig,
+    limit: Option<usize>,
+    candidate: &Candidate,
+) -> Result<f64> {
     let windows = cfg.calibration.windows(loaded.tokenizer()?)?;
-    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let n = limit.unwrap_or(windows.len()).min(windows.len());
+    let refs: Vec<&[u32]> = windows[..n].iter().map(Vec::as_slice).collect();
     let sum = data::perplexity(&candidate.model, &Cpu, &refs, &candidate.plan, |_| {})?;
     Ok(sum.perplexity())
 }
@@ -55,7 +65,8 @@ pub fn run(a: SparseArgs) -> Result<()> {
         );
     };
     let methods: Vec<&str> = match a.method.as_str() {
-        "all" => vec!["uniform", "dp", "owl"],
+        "all" if a.owl_database.is_some() => vec!["uniform", "dp", "owl"],
+        "all" => vec!["uniform", "dp"],
         m @ ("uniform" | "dp" | "owl") => vec![m],
         m => bail!("unknown --method `{m}`; expected uniform, dp, owl or all"),
     };
@@ -100,7 +111,7 @@ pub fn run(a: SparseArgs) -> Result<()> {
                 let mut best: Option<(f64, i32)> = None;
                 for (i, &id) in ids.iter().enumerate() {
                     let candidate = owl.candidate(model, &owl.uniform(id)?)?;
-                    let ppl = calibration_ppl(&loaded, &cfg, &candidate)?;
+                    let ppl = calibration_ppl(&loaded, &cfg, a.selection_windows, &candidate)?;
                     let level = owl.table.entry(0).level(id).expect("listed");
                     grid.push(json!({
                         "level": id, "lambda": level.extra.get("lambda"), "m": level.extra.get("m"),
@@ -134,7 +145,17 @@ pub fn run(a: SparseArgs) -> Result<()> {
         )?;
         rows.push(row);
     }
+    // Methods run separately accumulate in one file: a method's new row replaces its old one.
     let path = cfg.output.dir.join("baselines.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(serde_json::Value::Array(old)) = serde_json::from_str(&text) {
+            let mut merged: Vec<serde_json::Value> = (old.into_iter())
+                .filter(|o| rows.iter().all(|r| r["method"] != o["method"]))
+                .collect();
+            merged.append(&mut rows);
+            rows = merged;
+        }
+    }
     write_atomically(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     println!("written {}", path.display());
     Ok(())
