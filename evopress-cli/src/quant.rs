@@ -115,12 +115,16 @@ pub fn baseline(a: BaselineArgs) -> Result<()> {
         let genome: Genome = match name {
             "uniform" => {
                 let t = q.target_bits;
-                if t.fract() != 0.0 {
-                    println!("{name:>8}  skipped: target {t} bits is not an integer width");
-                    rows.push(serde_json::json!({"method": name, "skipped": "non-integer target"}));
+                let width = t as i32;
+                let stored =
+                    (0..space.units().len()).all(|u| backend.table().level_ids(u).contains(&width));
+                if t.fract() != 0.0 || !stored {
+                    println!("{name:>8}  skipped: {t} bits is not a width every layer has");
+                    rows.push(serde_json::json!({"method": name, "skipped": format!(
+                        "{t} bits is not a width every layer has in the database")}));
                     continue;
                 }
-                space.genome_from_ids(&vec![t as i32; space.units().len()])?
+                space.genome_from_ids(&vec![width; space.units().len()])?
             }
             "random" => {
                 let mut sc = cfg.search.clone();
