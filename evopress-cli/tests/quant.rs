@@ -55,11 +55,10 @@ windows = 4
 sampling = "sequential"
 [database]
 kind = "gptq"
+dir = "{d}/db"
 bits = [2, 4]
 group_size = 64
 propagation = "dense"
-[output]
-dir = "{d}/db"
 "#
         ),
     );
