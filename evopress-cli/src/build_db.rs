@@ -18,9 +18,6 @@ use evopress_core::build::{build_database, BuildEvent, BuildRequest, VariantBuil
 use evopress_core::store::{CalibrationInfo, Manifest};
 use evopress_core::{load_model, Model};
 use evopress_kernels::cpu::Cpu;
-use evopress_sparse::builder::{
-    default_block_size, default_num_levels, default_owl_lambdas, default_owl_ms, default_rel_damp,
-};
 use evopress_sparse::{outlier_ratios, OwlBuilder, OwlParams, SparseGptBuilder, SparseGptParams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,24 +50,28 @@ pub struct DbConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DatabaseSection {
     /// SparseGPT levels `s + ℓ·wd/N` (SPEC §3.2, §5.1).
-    Sparsegpt(SparseGptDb),
+    Sparsegpt(WithDir<SparseGptParams>),
     /// OWL: SparseGPT at per-block sparsities for a λ × M grid (SPEC §6.3).
-    Owl(OwlDb),
+    Owl(WithDir<OwlParams>),
     /// GPTQ at several bit widths, bit-packed (SPEC §5.2).
-    Gptq(GptqDb),
+    Gptq(WithDir<evopress_quant::GptqParams>),
 }
 
-/// `dir` plus GPTQ's parameters. Read through a table so that unknown keys stay errors
-/// (serde's `flatten` would silently accept them).
+/// `dir` plus a builder's parameters, which are recorded in the manifest without the
+/// directory (a moved store still resumes). Read through a table so that unknown keys stay
+/// errors of the parameters' own `deny_unknown_fields` (serde's `flatten` would accept them).
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(try_from = "toml::Table")]
-pub struct GptqDb {
+#[serde(
+    try_from = "toml::Table",
+    bound(deserialize = "P: serde::de::DeserializeOwned")
+)]
+pub struct WithDir<P> {
     pub dir: PathBuf,
     #[serde(flatten)]
-    pub params: evopress_quant::GptqParams,
+    pub params: P,
 }
 
-impl TryFrom<toml::Table> for GptqDb {
+impl<P: serde::de::DeserializeOwned> TryFrom<toml::Table> for WithDir<P> {
     type Error = String;
     fn try_from(mut t: toml::Table) -> Result<Self, String> {
         let dir = match t.remove("dir") {
@@ -78,39 +79,9 @@ impl TryFrom<toml::Table> for GptqDb {
             Some(other) => return Err(format!("`dir` must be a path string, not {other}")),
             None => return Err("missing field `dir`".into()),
         };
-        let params = evopress_quant::GptqParams::deserialize(toml::Value::Table(t))
-            .map_err(|e| e.to_string())?;
-        Ok(GptqDb { dir, params })
+        let params = P::deserialize(toml::Value::Table(t)).map_err(|e| e.to_string())?;
+        Ok(WithDir { dir, params })
     }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SparseGptDb {
-    pub dir: PathBuf,
-    pub sparsity: f64,
-    pub weights_diff: Option<u64>,
-    #[serde(default = "default_num_levels")]
-    pub num_levels: u32,
-    #[serde(default = "default_rel_damp")]
-    pub rel_damp: f64,
-    #[serde(default = "default_block_size")]
-    pub block_size: usize,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OwlDb {
-    pub dir: PathBuf,
-    pub sparsity: f64,
-    #[serde(default = "default_owl_lambdas")]
-    pub lambdas: Vec<f64>,
-    #[serde(default = "default_owl_ms")]
-    pub ms: Vec<f64>,
-    #[serde(default = "default_rel_damp")]
-    pub rel_damp: f64,
-    #[serde(default = "default_block_size")]
-    pub block_size: usize,
 }
 
 impl DbConfig {
@@ -124,9 +95,9 @@ impl DbConfig {
 impl DatabaseSection {
     pub fn dir(&self) -> &Path {
         match self {
-            DatabaseSection::Sparsegpt(d) => &d.dir,
-            DatabaseSection::Owl(d) => &d.dir,
-            DatabaseSection::Gptq(d) => &d.dir,
+            DatabaseSection::Sparsegpt(WithDir { dir, .. })
+            | DatabaseSection::Owl(WithDir { dir, .. })
+            | DatabaseSection::Gptq(WithDir { dir, .. }) => dir,
         }
     }
 }
@@ -163,32 +134,14 @@ fn builder(
     quiet: bool,
 ) -> Result<Box<dyn VariantBuilder>> {
     Ok(match db {
-        DatabaseSection::Sparsegpt(d) => Box::new(SparseGptBuilder::new(
-            SparseGptParams {
-                sparsity: d.sparsity,
-                weights_diff: d.weights_diff,
-                num_levels: d.num_levels,
-                rel_damp: d.rel_damp,
-                block_size: d.block_size,
-            },
-            model,
-        )?),
+        DatabaseSection::Sparsegpt(d) => Box::new(SparseGptBuilder::new(d.params.clone(), model)?),
         DatabaseSection::Owl(d) => {
             let bar = progress::bar(model.layers.len(), "OWL pass 1", quiet);
-            let lod = outlier_ratios(model, &Cpu, windows.to_vec(), &d.ms, |i, _| {
+            let lod = outlier_ratios(model, &Cpu, windows.to_vec(), &d.params.ms, |i, _| {
                 bar.set_position(i as u64)
             })?;
             bar.finish_and_clear();
-            Box::new(OwlBuilder::new(
-                OwlParams {
-                    sparsity: d.sparsity,
-                    lambdas: d.lambdas.clone(),
-                    ms: d.ms.clone(),
-                    rel_damp: d.rel_damp,
-                    block_size: d.block_size,
-                },
-                lod,
-            )?)
+            Box::new(OwlBuilder::new(d.params.clone(), lod)?)
         }
         DatabaseSection::Gptq(d) => Box::new(evopress_quant::GptqBuilder::new(d.params.clone())?),
     })

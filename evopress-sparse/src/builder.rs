@@ -37,21 +37,21 @@ pub const SPARSEGPT_BACKEND: &str = "sparsegpt";
 /// Backend name of an OWL (λ × M grid) database.
 pub const OWL_BACKEND: &str = "owl-sparsegpt";
 
-pub fn default_num_levels() -> u32 {
+fn default_num_levels() -> u32 {
     8
 }
-pub fn default_rel_damp() -> f64 {
+fn default_rel_damp() -> f64 {
     0.01
 }
-pub fn default_block_size() -> usize {
+fn default_block_size() -> usize {
     128
 }
 /// The original script's λ grid (SPEC §6.3).
-pub fn default_owl_lambdas() -> Vec<f64> {
+fn default_owl_lambdas() -> Vec<f64> {
     vec![0.02, 0.05, 0.08, 0.1, 0.2]
 }
 /// The original script's M grid (SPEC §6.3).
-pub fn default_owl_ms() -> Vec<f64> {
+fn default_owl_ms() -> Vec<f64> {
     vec![3.0, 5.0, 7.0, 10.0]
 }
 
