@@ -317,12 +317,13 @@ pub fn run(a: Args) -> Result<()> {
         toml::to_string(&result)?.as_bytes(),
     )?;
     plot::convergence_svg(&out.join("convergence.svg"), &state.history)?;
-    let changed: Vec<&str> = space
-        .units()
-        .iter()
+    // Units away from the base level (depth: kept; sparsity: level 0).
+    let base = space.level_ids(&space.base_genome());
+    let changed: Vec<&str> = (space.units().iter())
         .zip(space.level_ids(&best))
-        .filter(|(u, level)| *level != u.levels[0].id)
-        .map(|(u, _)| u.name.as_str())
+        .zip(base)
+        .filter(|((_, level), b)| level != b)
+        .map(|((u, _), _)| u.name.as_str())
         .collect();
     println!(
         "compressed units: {}\nheld-out perplexity: dense {:.4} -> compressed {:.4} ({} tokens)\nresults in {}",
