@@ -231,8 +231,30 @@ pub fn dequantize_row(
 }
 
 /// Decodes one row's codes to f32 (`out.len()` codes), dispatching on the width once per row.
+/// On AVX-512 machines the whole chunks go through [`avx512::unpack_row`] (the portable loop
+/// below does not vectorize its per-code word selection and costs about 1 ns per weight, which
+/// made a 4-bit forward 12 % slower than f32).
 #[inline(always)]
 pub fn unpack_row(words: &[u32], bits: u8, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(
+        crate::cpu::simd::simd_level(),
+        crate::cpu::simd::SimdLevel::Avx512
+    ) {
+        let full = out.len() / CHUNK * CHUNK;
+        let b = bits as usize;
+        // SAFETY: AVX-512F was detected at run time; `full` codes fill `full / 32 * b` words.
+        unsafe { avx512::unpack_row(&words[..full / CHUNK * b], b, &mut out[..full]) };
+        if full == out.len() {
+            return;
+        }
+    }
+    unpack_row_portable(words, bits, out)
+}
+
+/// The plain decoder: every width, any row length (the AVX-512 path's tail and reference).
+#[inline(always)]
+fn unpack_row_portable(words: &[u32], bits: u8, out: &mut [f32]) {
     match bits {
         2 => unpack_row_b::<2>(words, out),
         3 => unpack_row_b::<3>(words, out),
@@ -296,9 +318,75 @@ fn add_slice<const P: usize>(w: &[u32], o: usize, codes: &mut [u32; CHUNK]) {
     }
 }
 
+/// Whole chunks decoded 16 codes per vector: for each power-of-two slice of the width, the
+/// slice's words are loaded once, each lane picks its code's word (a permute), shifts it to
+/// the code's bit offset, masks and ORs the bits into place; then one int-to-float convert.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{slices, CHUNK};
+    use std::arch::x86_64::*;
+
+    /// `out.len()` is a multiple of 32 and `words` holds exactly its chunks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn unpack_row(words: &[u32], bits: usize, out: &mut [f32]) {
+        // Per slice and half-chunk: which word each lane reads and by how much it shifts.
+        let mut plan: Vec<(usize, __m512i, __m512i, __m512i, __m512i, __m512i, __m512i)> =
+            Vec::with_capacity(4);
+        for (p, o) in slices(bits) {
+            let per = 32 / p;
+            let lane = |half: usize, f: &dyn Fn(usize) -> i32| {
+                let v: [i32; 16] = std::array::from_fn(|i| f(i + 16 * half));
+                _mm512_loadu_si512(v.as_ptr().cast())
+            };
+            plan.push((
+                o,
+                lane(0, &|i| (i / per) as i32),
+                lane(1, &|i| (i / per) as i32),
+                lane(0, &|i| ((i % per) * p) as i32),
+                lane(1, &|i| ((i % per) * p) as i32),
+                _mm512_set1_epi32(((1u32 << p) - 1) as i32),
+                _mm512_set1_epi32(o as i32),
+            ));
+        }
+        for (w, o) in words.chunks_exact(bits).zip(out.chunks_exact_mut(CHUNK)) {
+            let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for &(first, idx_lo, idx_hi, sh_lo, sh_hi, mask, up) in &plan {
+                let n = bits - first; // words from this slice's first to the chunk's end
+                let load_mask: __mmask16 = if n >= 16 { !0 } else { (1u16 << n) - 1 };
+                let v = _mm512_maskz_loadu_epi32(load_mask, w.as_ptr().add(first).cast());
+                let pick = |idx, sh| {
+                    let x = _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, v), sh);
+                    _mm512_sllv_epi32(_mm512_and_si512(x, mask), up)
+                };
+                lo = _mm512_or_si512(lo, pick(idx_lo, sh_lo));
+                hi = _mm512_or_si512(hi, pick(idx_hi, sh_hi));
+            }
+            _mm512_storeu_ps(o.as_mut_ptr(), _mm512_cvtepi32_ps(lo));
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), _mm512_cvtepi32_ps(hi));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn avx512_decoder_equals_the_portable_one() {
+        for bits in 2u8..=8 {
+            let cols = 32 * 5 + 7;
+            let words: Vec<u32> = (0..words_per_row(cols, bits))
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7))
+                .collect();
+            let (mut fast, mut plain) = (vec![0f32; cols], vec![0f32; cols]);
+            unpack_row(&words, bits, &mut fast);
+            unpack_row_portable(&words, bits, &mut plain);
+            assert_eq!(fast, plain, "{bits} bits");
+        }
+    }
 
     #[test]
     fn only_the_last_chunk_of_a_row_is_padded() {
