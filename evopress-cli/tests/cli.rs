@@ -36,6 +36,17 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs a command expected to succeed; returns its output.
+fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "evopress {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn biden() -> String {
     root()
         .join("assets/sotu/2021_joseph_r_biden_d.txt")
@@ -285,69 +296,45 @@ fn drop_config_in_both_formats_and_exported_evaluates_the_same() {
     let ours = dir.path().join("drop.toml");
     std::fs::write(&ours, "blocks = 30\nattn = [20, 25]\nmlp = [25]\n").unwrap();
     let m = model().display().to_string();
-    let ppl = |cfg: &Path| {
-        let out = run(&[
+    let text = biden();
+    // Perplexity of `model` on two windows, with extra flags.
+    let ppl = |model: &str, extra: &[&str]| {
+        let mut args = vec![
             "eval",
             "--model",
-            &m,
+            model,
             "--data",
-            &biden(),
+            &text,
             "--seq-len",
             "128",
             "--windows",
             "2",
             "--json",
-            "--drop-config",
-            cfg.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ];
+        args.extend(extra);
+        let out = ok(&args);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["perplexity"].as_f64().unwrap()
     };
-    let (a, b) = (ppl(&original), ppl(&ours));
-    assert_eq!(a, b);
+    let (original, ours) = (original.to_str().unwrap(), ours.to_str().unwrap());
+    let a = ppl(&m, &["--drop-config", original]);
+    assert_eq!(a, ppl(&m, &["--drop-config", ours]));
     assert!(a > 31.0, "dropping sub-blocks should hurt: {a}");
 
     // Exported as an HF directory (dropped sub-blocks as zero output projections), the
     // compressed model scores the same with no config at all.
     let export = dir.path().join("export");
-    let out = run(&[
+    let export = export.to_str().unwrap();
+    ok(&[
         "convert",
         "--model",
         &m,
         "--out",
-        export.to_str().unwrap(),
+        export,
         "--drop-config",
-        original.to_str().unwrap(),
+        original,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(&[
-        "eval",
-        "--model",
-        export.to_str().unwrap(),
-        "--data",
-        &biden(),
-        "--seq-len",
-        "128",
-        "--windows",
-        "2",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let exported = v["perplexity"].as_f64().unwrap();
+    let exported = ppl(export, &[]);
     assert!(
         (exported - a).abs() <= 1e-9 * a,
         "exported {exported} vs {a}"
