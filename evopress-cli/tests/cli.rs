@@ -1,50 +1,17 @@
 //! The `evopress` binary on the real demo model: clear errors for bad input, and the depth
 //! search's determinism and crash-resume guarantees.
 
+mod common;
+
+use common::{evopress, model, ok, root, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model() -> PathBuf {
-    let p = root().join("assets/smollm2-135m-instruct.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-assets first",
-        p.display()
-    );
-    p
-}
-
-fn evopress(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_evopress"));
-    c.current_dir(root()).args(args);
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    evopress(args).output().expect("run evopress")
-}
 
 /// Runs a command expected to fail; returns its stderr.
 fn fails(args: &[&str]) -> String {
     let out = run(args);
     assert!(!out.status.success(), "expected failure: evopress {args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs a command expected to succeed; returns its output.
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "evopress {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn biden() -> String {

@@ -2,36 +2,10 @@
 //! `search` with `[backend] kind = "quant"`, `eval --quant-config` on the original-format file
 //! the search wrote, and `baseline quant`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model() -> PathBuf {
-    let p = root().join("assets/smollm2-135m-instruct.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-assets first",
-        p.display()
-    );
-    p
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_evopress"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .expect("run evopress");
-    assert!(
-        out.status.success(),
-        "evopress {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{model, ok, root};
+use std::path::Path;
 
 fn write(p: &Path, text: &str) -> String {
     std::fs::write(p, text).unwrap();

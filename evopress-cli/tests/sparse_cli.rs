@@ -2,36 +2,10 @@
 //! (`--stop-after-blocks`) and resumed, `search` with `[backend] kind = "sparse"`, `baseline
 //! sparse`, and `eval --sparse-config` with the original-format file, the zero count exact.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model() -> PathBuf {
-    let p = root().join("assets/smollm2-135m-instruct.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-assets first",
-        p.display()
-    );
-    p
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_evopress"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .expect("run evopress");
-    assert!(
-        out.status.success(),
-        "evopress {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{model, ok, root};
+use std::process::Output;
 
 fn json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
