@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 pub enum Command {
     /// Tokens/s and effective GFLOP/s of the dense forward pass (logits for every position).
     Forward(ForwardArgs),
-    /// Candidate evaluations/s and seconds/generation of a search config, with incremental
-    /// evaluation and without it, in one run (same seed, so the same candidates).
+    /// Seconds per generation of a search config with incremental evaluation and racing, and
+    /// without each, in one run (same seed, so the same candidates), with a time profile.
     Search(SearchArgs),
-    /// Quantized forward (packed codes) vs the dense f32 forward, in one run.
-    Quant(crate::quant::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,7 +49,6 @@ pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Forward(a) => forward(a),
         Command::Search(a) => search(a),
-        Command::Quant(a) => crate::quant::bench(a),
     }
 }
 
@@ -206,67 +203,30 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn search(a: SearchArgs) -> Result<()> {
-    use crate::run_config::{BackendSection, RunConfig};
-    use evopress_core::search::{DepthLayout, Search};
-    use evopress_prune::DepthEvaluator;
-
-    let mut cfg = RunConfig::read(&a.config)?;
-    cfg.search.generations = a.generations;
-    let BackendSection::Depth(backend) = &cfg.backend else {
-        anyhow::bail!(
-            "{}: `bench search` times depth configs; use `bench quant` for quantization",
-            a.config.display()
-        );
-    };
-    let loaded = load_model(&cfg.model.path)
-        .with_context(|| format!("loading {}", cfg.model.path.display()))?;
-    let model = &loaded.model;
-    let layout = DepthLayout {
-        n_blocks: model.layers.len(),
-        entire_block: backend.drop_entire_block,
-    };
-    let space = layout.space(backend.k(model.layers.len())?, None)?;
-    let cal = crate::search::calibrate(&loaded, &cfg, true)?;
-    let lens = cal.sample_lens();
-    let search = Search::new(&space, &cfg.search, &lens)?;
-    let cache_cap = (cfg.fitness.stage_cache_gb * 1e9) as usize;
-
-    let mut rows = Vec::new();
-    for (name, cap) in [("incremental", cache_cap), ("full", 0)] {
-        let mut ev = DepthEvaluator::new(model, &Cpu, &cal, layout, cap);
-        let state = search.initialize(&mut ev, &mut ())?;
-        let (blocks_before, t0) = (ev.blocks_run, Instant::now());
-        let state = search.run(state, &mut ev, &mut (), None)?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let evaluations: usize = state.history.iter().skip(1).map(|r| r.evaluations).sum();
-        rows.push(serde_json::json!({
-            "mode": name,
-            "generations": a.generations,
-            "seconds_per_generation": seconds / a.generations as f64,
-            "evaluations_per_second": evaluations as f64 / seconds,
-            "blocks_run": ev.blocks_run - blocks_before,
-            "final_fitness": state.history.last().map(|r| r.best_fitness),
-        }));
-    }
-    let speedup = rows[1]["seconds_per_generation"].as_f64().unwrap_or(0.0)
-        / rows[0]["seconds_per_generation"].as_f64().unwrap_or(1.0);
+    let runs = evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({ "runs": rows, "incremental_speedup": speedup })
-        );
-    } else {
-        for r in &rows {
-            println!(
-                "{:>12}: {:.2} s/generation, {:.2} evaluations/s, {} blocks run, final fitness {}",
-                r["mode"].as_str().unwrap_or(""),
-                r["seconds_per_generation"].as_f64().unwrap_or(0.0),
-                r["evaluations_per_second"].as_f64().unwrap_or(0.0),
-                r["blocks_run"],
-                r["final_fitness"]
-            );
-        }
-        println!("incremental evaluation: {speedup:.2}x faster per generation");
+        println!("{}", serde_json::to_string(&runs)?);
+        return Ok(());
     }
+    for r in &runs.modes {
+        println!(
+            "{:>22}: {:.2} s/generation, {:.2} evaluations/s, {} blocks run, final fitness {:.6}",
+            r.mode,
+            r.seconds_per_generation,
+            r.evaluations_per_second,
+            r.blocks_run,
+            r.final_fitness
+        );
+    }
+    let p = &runs.profile;
+    println!(
+        "where a generation's time goes (default mode): blocks {:.0}%, LM head {:.0}%, fitness \
+         reduction {:.0}%, stage caches {:.0}%, the rest (sampling, assembly, bookkeeping) {:.0}%",
+        100.0 * p.blocks,
+        100.0 * p.lm_head,
+        100.0 * p.fitness,
+        100.0 * p.stage_cache,
+        100.0 * p.other
+    );
     Ok(())
 }

@@ -1,11 +1,12 @@
-//! `evopress eval`: perplexity of a model on text files.
+//! `evopress eval`: perplexity of a model, dense or compressed, on text files.
 
-use crate::candidate::CandidateArgs;
-use crate::progress;
+use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
 use evopress_core::load_model;
 use evopress_kernels::cpu::Cpu;
+use evopress_pipeline::progress;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,13 +19,13 @@ pub struct Args {
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
     /// Tokens per window.
-    #[arg(long, default_value_t = 512)]
-    seq_len: usize,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
+    seq_len: u32,
     /// Number of windows to score (default: all).
     #[arg(long)]
-    windows: Option<usize>,
+    windows: Option<NonZeroUsize>,
     #[command(flatten)]
-    compress: CandidateArgs,
+    configs: ConfigArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -39,19 +40,27 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|p| TokenizedFile::read(p, tokenizer))
         .collect::<Result<Vec<_>, _>>()?;
-    let windows = data::windows(&files, a.seq_len, a.windows)?;
-    let compressed = a.compress.apply(&loaded.model)?;
-    let (model, plan) = (&compressed.candidate.model, &compressed.candidate.plan);
+    let seq_len = a.seq_len as usize;
+    let windows = data::windows(&files, seq_len, a.windows.map(NonZeroUsize::get))?;
+    let (candidate, report) = a.configs.configs().apply(&loaded.model)?;
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(model, &Cpu, &windows, plan, |i| bar.set_position(i as u64))?;
+    let sum = data::perplexity(&candidate.model, &Cpu, &windows, &candidate.plan, |i| {
+        bar.set_position(i as u64)
+    })?;
     bar.finish_and_clear();
     let seconds = t1.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        sum.perplexity().is_finite(),
+        "the perplexity is {} (non-finite logits): check the model's weights and the variant \
+         database for NaN or inf values",
+        sum.perplexity()
+    );
     if a.json {
         let mut out = serde_json::json!({
             "model": a.model,
             "data": a.data,
-            "seq_len": a.seq_len,
+            "seq_len": seq_len,
             "windows": windows.len(),
             "perplexity": sum.perplexity(),
             "nll": sum.nll / sum.tokens as f64,
@@ -60,20 +69,20 @@ pub fn run(a: Args) -> Result<()> {
             "load_seconds": (t1 - t0).as_secs_f64(),
             "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
         });
-        out.as_object_mut()
-            .expect("an object")
-            .extend(compressed.report);
+        let fields = serde_json::to_value(&report.fields)?;
+        if let (Some(o), serde_json::Value::Object(f)) = (out.as_object_mut(), fields) {
+            o.extend(f);
+        }
         println!("{out}");
     } else {
         println!(
-            "perplexity {:.4} over {} tokens ({} windows of {}) in {:.1}s",
+            "perplexity {:.4} over {} tokens ({} windows of {seq_len}) in {:.1}s",
             sum.perplexity(),
             sum.tokens,
             windows.len(),
-            a.seq_len,
             seconds
         );
-        for line in crate::candidate::describe(&compressed.report) {
+        for line in &report.summary {
             println!("{line}");
         }
     }

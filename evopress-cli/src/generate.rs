@@ -26,6 +26,16 @@ pub fn run(a: Args) -> Result<()> {
     let tok = loaded.tokenizer()?;
     let model = &loaded.model;
     let prompt = tok.encode(&a.prompt)?;
+    let context = model.config.max_position_embeddings;
+    anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
+    anyhow::ensure!(
+        prompt.len() + a.max_tokens <= context,
+        "the prompt's {} tokens plus --max-tokens {} exceed the model's context of {context} \
+         positions; lower --max-tokens to at most {}",
+        prompt.len(),
+        a.max_tokens,
+        context.saturating_sub(prompt.len())
+    );
     let plan = vec![BlockPlan::FULL; model.layers.len()];
     let t0 = Instant::now();
     let ids = model.generate(

@@ -1,31 +1,34 @@
 //! `evopress`: non-uniform compression of language models (EvoPress), on CPU or GPU.
 //!
-//! The binary is thin: it parses flags and config files, calls the library crates, prints
-//! progress and writes results. Each subcommand lives in its own module.
+//! The binary is thin: it parses flags, calls `evopress-pipeline` with the registered methods,
+//! and prints. Each subcommand lives in its own module.
 
 mod baseline;
-mod baseline_sparse;
 mod bench;
 mod build_db;
-mod candidate;
+mod configs;
 mod convert;
 mod eval;
 mod generate;
-mod plot;
-mod progress;
-mod quant;
-mod run_config;
 mod search;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
+use evopress_core::Method;
+use std::process::ExitCode;
+
+/// The compression methods this build knows: one line per method crate.
+pub static METHODS: &[&dyn Method] = &[
+    &evopress_prune::DEPTH,
+    &evopress_sparse::SPARSE,
+    &evopress_quant::QUANT,
+];
 
 #[derive(Parser)]
 #[command(name = "evopress", version, about)]
 struct Cli {
     /// Worker threads for compute (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,23 +41,35 @@ enum Command {
     Generate(generate::Args),
     /// Convert a GGUF file (or HF directory) into an HF directory other tools load.
     Convert(convert::Args),
-    /// EvoPress search for a compression backend, described by a TOML file.
+    /// EvoPress search for a compression method, described by a TOML file.
     Search(search::Args),
-    /// One-shot baselines for comparison with the search.
-    #[command(subcommand)]
-    Baseline(baseline::Command),
+    /// One-shot baselines of a search config's method, scored on its held-out text.
+    Baseline(baseline::Args),
     /// Build (or resume) a variant database described by a TOML file.
     BuildDb(build_db::Args),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// The compression methods, their database kinds and baselines.
+    Methods,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The error chain only: user errors are not crashes, whatever RUST_BACKTRACE says.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(n as usize)
             .build_global()?;
     }
     match cli.command {
@@ -62,17 +77,19 @@ fn main() -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Search(a) => search::run(a),
-        Command::Baseline(c) => baseline::run(c),
+        Command::Baseline(a) => baseline::run(a),
         Command::Bench(c) => bench::run(c),
         Command::BuildDb(a) => build_db::run(a),
+        Command::Methods => {
+            for m in METHODS {
+                let flag = m.config_flag();
+                println!("{:<8} {}", m.name(), m.about());
+                println!("         eval/convert flag: --{}", flag.long);
+                if !m.database_kinds().is_empty() {
+                    println!("         database kinds: {}", m.database_kinds().join(", "));
+                }
+            }
+            Ok(())
+        }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// half-written file and a killed process leaves the previous version.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use anyhow::Context;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }

@@ -96,9 +96,9 @@ dir = "{out}"
     ok(&["search", "--config", &rc, "--quiet"]);
     let result: toml::Table =
         toml::from_str(&std::fs::read_to_string(dir.join("out/result.toml")).unwrap()).unwrap();
-    let counted = result["counted"].as_table().unwrap();
+    let counted = result["report"].as_table().unwrap();
     let (zeros, weights) = (
-        counted["zeros"].as_integer().unwrap(),
+        counted["counted_zeros"].as_integer().unwrap(),
         counted["weights"].as_integer().unwrap(),
     );
     assert_eq!(
@@ -112,19 +112,18 @@ dir = "{out}"
     assert!(!text.ends_with('\n') && text.lines().count() == 210);
 
     // Baselines on the same config.
-    ok(&[
-        "baseline", "sparse", "--config", &rc, "--method", "all", "--quiet",
-    ]);
+    ok(&["baseline", "--config", &rc, "--method", "all", "--quiet"]);
     let rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("out/baselines.json")).unwrap())
             .unwrap();
     for row in rows.as_array().unwrap() {
         // Exactly the budget, up to kept weights that are zero anyway (f16 underflow of an
         // OBS-updated weight): a handful in 53M.
-        let zeros = row["counted_zeros"].as_i64().unwrap();
-        let weights = row["weights"].as_i64().unwrap();
+        let zeros = row["report"]["counted_zeros"].as_i64().unwrap();
+        let weights = row["report"]["weights"].as_i64().unwrap();
         assert!((0..=16).contains(&(zeros - weights / 2)), "{row}");
-        assert_eq!(row["level_sum"], 0);
+        assert_eq!(row["report"]["level_sum"], 0);
+        assert_eq!(row["budget"]["holds"], true);
     }
 
     // eval with the original-format file the search wrote.

@@ -46,6 +46,9 @@ impl Variant {
 pub trait VariantBuilder: Sync {
     /// Backend name recorded in the manifest (`sparsegpt`, `gptq`).
     fn backend(&self) -> &'static str;
+    /// How the variants are stored (`masked`, `packed`), recorded in the manifest so that any
+    /// reader of the format can open the store whichever builder wrote it.
+    fn format(&self) -> &'static str;
     /// Hyper-parameters recorded in the manifest: a store built with other ones is not resumed.
     fn params(&self) -> Value;
     /// Every level of `unit` from its dense weight (`[rows, cols]`, fused parts stacked) and
@@ -97,7 +100,7 @@ pub struct BuildRequest<'a> {
 }
 
 /// Builds (or resumes) the database in `req.dir`.
-pub fn build_database<D: Device>(
+pub fn build_database<D: Device + ?Sized>(
     req: BuildRequest<'_>,
     dev: &D,
     builder: &dyn VariantBuilder,
@@ -107,6 +110,7 @@ pub fn build_database<D: Device>(
     let model = req.model;
     let header = StoreHeader {
         backend: builder.backend().to_string(),
+        format: builder.format().to_string(),
         model: ModelInfo::of(model, req.model_path),
         params: builder.params(),
         calibration: req.calibration,

@@ -60,7 +60,7 @@ impl BlockHessians {
 }
 
 /// Drives a model block by block over calibration windows; see the module docs.
-pub struct BlockCalibrator<'m, D: Device> {
+pub struct BlockCalibrator<'m, D: Device + ?Sized> {
     model: &'m Model,
     dev: &'m D,
     windows: Vec<Vec<u32>>,
@@ -70,7 +70,7 @@ pub struct BlockCalibrator<'m, D: Device> {
     scratch: Scratch,
 }
 
-impl<'m, D: Device> BlockCalibrator<'m, D> {
+impl<'m, D: Device + ?Sized> BlockCalibrator<'m, D> {
     /// Embeds every window (tokens as given: no BOS is added, SPEC §2.2).
     pub fn new(model: &'m Model, dev: &'m D, windows: Vec<Vec<u32>>) -> Result<Self> {
         if windows.is_empty() {
@@ -254,7 +254,7 @@ impl Accumulator {
         }
     }
 
-    fn add<D: Device>(&mut self, dev: &D, x: &[f32]) {
+    fn add<D: Device + ?Sized>(&mut self, dev: &D, x: &[f32]) {
         dev.gram(x, self.dim, &mut self.gram);
         self.sum
             .par_chunks_mut(self.dim)

@@ -82,7 +82,7 @@ impl NllSum {
 }
 
 /// NLL of `window[1..]` given its prefixes, with sub-blocks run according to `plan`.
-pub fn window_nll<D: Device>(
+pub fn window_nll<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
     window: &[u32],
@@ -102,7 +102,7 @@ pub fn window_nll<D: Device>(
 }
 
 /// Perplexity over windows, calling `progress` after each one.
-pub fn perplexity<D: Device>(
+pub fn perplexity<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
     windows: &[&[u32]],

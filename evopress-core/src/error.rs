@@ -39,6 +39,18 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Search(#[from] evopress_search::Error),
+}
+
+/// Errors of a model-backed evaluator travel through the search as its `Evaluator` errors.
+impl From<Error> for evopress_search::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Search(inner) => inner,
+            other => evopress_search::Error::Evaluator(Box::new(other)),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,8 +9,11 @@
 use crate::error::{Error, Result};
 use crate::fitness::{DenseTargets, FitnessKind};
 use crate::model::{BlockPlan, Layout, Model};
-use crate::search::{Evaluator, Genome, TokenBatch, TokenSlice as Slice};
 use evopress_kernels::Device;
+use evopress_search::{
+    Evaluator, Genome, Result as SearchResult, Score, TokenBatch, TokenSlice as Slice,
+};
+use std::time::{Duration, Instant};
 
 /// Calibration samples plus the dense model's targets on them.
 pub struct Calibration {
@@ -22,7 +25,7 @@ pub struct Calibration {
 impl Calibration {
     /// Runs the dense model once over every sample to store its targets. `progress` is called
     /// after each sample.
-    pub fn new<D: Device>(
+    pub fn new<D: Device + ?Sized>(
         model: &Model,
         dev: &D,
         samples: Vec<Vec<u32>>,
@@ -54,7 +57,7 @@ impl Calibration {
 
     /// Summed fitness of the final hidden states `normed[len, hidden]` of a slice, with the
     /// number of positions scored (`len - 1`: the last position has no next token).
-    fn score_slice<D: Device>(
+    fn score_slice<D: Device + ?Sized>(
         &self,
         model: &Model,
         dev: &D,
@@ -64,12 +67,20 @@ impl Calibration {
         let vocab = model.vocab_size();
         let tokens = &self.samples[slice.sample][slice.tokens.clone()];
         let scored = tokens.len().saturating_sub(1);
+        let started = Instant::now();
+        let mut reducing = Duration::ZERO;
         let sum = model.sum_over_logits(dev, normed, scored, |start, logits| {
+            let t = Instant::now();
             let next = &tokens[start + 1..start + 1 + logits.len() / vocab];
             let pos0 = slice.tokens.start + start;
-            self.targets
-                .score_rows(slice.sample, pos0, logits, vocab, next)
+            let s = self
+                .targets
+                .score_rows(slice.sample, pos0, logits, vocab, next);
+            reducing += t.elapsed();
+            s
         });
+        profile::FITNESS.add(reducing);
+        profile::LM_HEAD.add(started.elapsed() - reducing);
         (sum, scored)
     }
 }
@@ -88,7 +99,7 @@ impl StageCache {
     }
 
     /// Caches the parent's block inputs if they fit in `cap_bytes`.
-    pub fn build<D: Device>(
+    pub fn build<D: Device + ?Sized>(
         model: &Model,
         dev: &D,
         cal: &Calibration,
@@ -96,6 +107,7 @@ impl StageCache {
         parent: &[BlockPlan],
         cap_bytes: usize,
     ) -> Result<Self> {
+        let started = Instant::now();
         let tokens: usize = slices.iter().map(|s| s.tokens.len()).sum();
         let mut inputs = Vec::new();
         if Self::bytes(model, tokens) <= cap_bytes {
@@ -116,6 +128,7 @@ impl StageCache {
                 inputs.push(per_block);
             }
         }
+        profile::STAGE_CACHE.add(started.elapsed());
         Ok(StageCache { slices, inputs })
     }
 
@@ -123,10 +136,39 @@ impl StageCache {
         !self.inputs.is_empty() || self.slices.is_empty()
     }
 
-    /// Token-averaged fitness of a candidate (`model` with `plan`) that equals the parent
-    /// before block `first_diff` (`plan.len()` if it equals the parent). Without a cache it
-    /// runs in full.
-    pub fn evaluate<D: Device>(
+    /// The summed fitness of slice `i` for a candidate (`model` with `plan`) that equals the
+    /// parent before block `first_diff` (`plan.len()` if it equals the parent). Without a
+    /// cache it runs in full.
+    pub fn score_slice<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        first_diff: usize,
+        i: usize,
+    ) -> Result<Score> {
+        let s = &self.slices[i];
+        let toks = &cal.samples[s.sample][s.tokens.clone()];
+        let layout = Layout {
+            batch: 1,
+            seq: toks.len(),
+            pos0: 0,
+        };
+        let (mut h, from) = match self.inputs.get(i) {
+            Some(per_block) => (per_block[first_diff].clone(), first_diff),
+            _ => (model.embed(toks)?, 0),
+        };
+        let started = Instant::now();
+        model.run_blocks(dev, &mut h, layout, plan, from);
+        let normed = model.final_norm(dev, &h);
+        profile::BLOCKS.add(started.elapsed());
+        let (sum, positions) = cal.score_slice(model, dev, s, &normed);
+        Ok(Score { sum, positions })
+    }
+
+    /// The token-averaged fitness over every slice (see [`score_slice`](Self::score_slice)).
+    pub fn fitness<D: Device + ?Sized>(
         &self,
         model: &Model,
         dev: &D,
@@ -134,25 +176,54 @@ impl StageCache {
         plan: &[BlockPlan],
         first_diff: usize,
     ) -> Result<f64> {
-        let (mut sum, mut count) = (0.0, 0usize);
-        for (i, s) in self.slices.iter().enumerate() {
-            let toks = &cal.samples[s.sample][s.tokens.clone()];
-            let layout = Layout {
-                batch: 1,
-                seq: toks.len(),
-                pos0: 0,
-            };
-            let (mut h, from) = match self.inputs.get(i) {
-                Some(per_block) => (per_block[first_diff].clone(), first_diff),
-                _ => (model.embed(toks)?, 0),
-            };
-            model.run_blocks(dev, &mut h, layout, plan, from);
-            let normed = model.final_norm(dev, &h);
-            let (s_sum, s_count) = cal.score_slice(model, dev, s, &normed);
-            sum += s_sum;
-            count += s_count;
+        let (mut sum, mut positions) = (0.0, 0);
+        for i in 0..self.slices.len() {
+            let s = self.score_slice(model, dev, cal, plan, first_diff, i)?;
+            sum += s.sum;
+            positions += s.positions;
         }
-        Ok(sum / count.max(1) as f64)
+        Ok(sum / positions.max(1) as f64)
+    }
+
+    /// Whether this cache was built for `batch`.
+    pub fn is_for(&self, batch: &TokenBatch) -> bool {
+        self.slices == batch.slices
+    }
+}
+
+/// Where candidate evaluation spends its time, summed over the process: blocks, the LM head,
+/// the fitness reduction over the logits, and building stage caches. Read by `evopress bench
+/// search` to profile a generation; the counters cost a clock read per slice.
+pub mod profile {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    pub struct Counter(AtomicU64);
+
+    impl Counter {
+        const fn new() -> Self {
+            Counter(AtomicU64::new(0))
+        }
+        pub fn add(&self, d: Duration) {
+            self.0.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        }
+        pub fn seconds(&self) -> f64 {
+            self.0.load(Ordering::Relaxed) as f64 / 1e9
+        }
+        pub fn reset(&self) {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub static BLOCKS: Counter = Counter::new();
+    pub static LM_HEAD: Counter = Counter::new();
+    pub static FITNESS: Counter = Counter::new();
+    pub static STAGE_CACHE: Counter = Counter::new();
+
+    pub fn reset() {
+        for c in [&BLOCKS, &LM_HEAD, &FITNESS, &STAGE_CACHE] {
+            c.reset();
+        }
     }
 }
 
@@ -163,8 +234,8 @@ pub type Assemble<'a> = Box<dyn Fn(&Genome) -> Result<Model> + 'a>;
 /// The fitness of genomes that pick one weight variant per linear unit (sparsity levels, bit
 /// widths). A candidate differs from the stage's parent only in the blocks of the units whose
 /// level changed, so it runs from the first such block on the parent's cached activations.
-pub struct SwapEvaluator<'a, D: Device> {
-    dev: &'a D,
+pub struct SwapEvaluator<'a> {
+    dev: &'a dyn Device,
     cal: &'a Calibration,
     assemble: Assemble<'a>,
     /// The block of every unit, in genome order.
@@ -172,14 +243,16 @@ pub struct SwapEvaluator<'a, D: Device> {
     n_blocks: usize,
     cache_cap_bytes: usize,
     stage: Option<(Genome, StageCache)>,
+    /// The last genome assembled, reused across its slices.
+    assembled: Option<(Genome, Model)>,
     /// Blocks run over all evaluations (what incremental evaluation saves shows here).
     pub blocks_run: u64,
 }
 
-impl<'a, D: Device> SwapEvaluator<'a, D> {
+impl<'a> SwapEvaluator<'a> {
     pub fn new(
         model: &Model,
-        dev: &'a D,
+        dev: &'a dyn Device,
         cal: &'a Calibration,
         unit_block: Vec<usize>,
         assemble: Assemble<'a>,
@@ -193,13 +266,14 @@ impl<'a, D: Device> SwapEvaluator<'a, D> {
             n_blocks: model.layers.len(),
             cache_cap_bytes,
             stage: None,
+            assembled: None,
             blocks_run: 0,
         }
     }
 }
 
-impl<D: Device> Evaluator for SwapEvaluator<'_, D> {
-    fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
+impl Evaluator for SwapEvaluator<'_> {
+    fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> SearchResult<()> {
         let model = (self.assemble)(parent)?;
         let plan = vec![BlockPlan::FULL; self.n_blocks];
         let cache = StageCache::build(
@@ -214,11 +288,16 @@ impl<D: Device> Evaluator for SwapEvaluator<'_, D> {
         Ok(())
     }
 
-    fn evaluate(&mut self, genome: &Genome, batch: &TokenBatch) -> Result<f64> {
+    fn score_slice(
+        &mut self,
+        genome: &Genome,
+        batch: &TokenBatch,
+        slice: usize,
+    ) -> SearchResult<Score> {
         let (parent, cache) = self
             .stage
             .as_ref()
-            .filter(|(_, c)| c.slices == batch.slices)
+            .filter(|(_, c)| c.is_for(batch))
             .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
         let first_diff = (genome.0.iter().zip(&parent.0))
             .zip(&self.unit_block)
@@ -228,8 +307,15 @@ impl<D: Device> Evaluator for SwapEvaluator<'_, D> {
             .unwrap_or(self.n_blocks);
         let from = if cache.is_cached() { first_diff } else { 0 };
         self.blocks_run += (self.n_blocks - from) as u64;
-        let model = (self.assemble)(genome)?;
+        if self.assembled.as_ref().is_none_or(|(g, _)| g != genome) {
+            self.assembled = Some((genome.clone(), (self.assemble)(genome)?));
+        }
+        let model = &self.assembled.as_ref().expect("just assembled").1;
         let plan = vec![BlockPlan::FULL; self.n_blocks];
-        cache.evaluate(&model, self.dev, self.cal, &plan, from)
+        Ok(cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?)
+    }
+
+    fn sums_are_nonnegative(&self) -> bool {
+        true
     }
 }

@@ -8,9 +8,7 @@
 //! - [`store`]: the memory-mapped, checksummed, resumable variant store of a database;
 //! - [`fitness`], [`evaluate`]: KL / top-k KL / perplexity against the dense model, scored
 //!   incrementally from the first block a candidate changes;
-//! - [`search`]: the evolutionary search, which knows nothing about transformers.
 
-pub mod backend;
 pub mod build;
 pub mod calibrate;
 pub mod config;
@@ -18,21 +16,25 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod fitness;
+pub mod fsutil;
 pub mod gguf;
 pub mod hf;
 pub mod level_config;
 pub mod load;
+pub mod method;
 pub mod model;
-pub mod search;
 pub mod source;
 pub mod store;
 pub mod tokenizer;
 pub mod units;
 pub mod variants;
 
-pub use backend::{Candidate, CompressionBackend};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use load::{load_model, LoadedModel, ModelSource};
+pub use method::{
+    Baseline, BaselineContext, BaselineInfo, BuildContext, Candidate, CompressionBackend,
+    ConfigFlag, Method, Report,
+};
 pub use model::{BlockPlan, LinearInput, LinearKind, Model};
 pub use source::TensorSource;

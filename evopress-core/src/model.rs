@@ -35,7 +35,7 @@ impl Linear {
         self.weight.rows
     }
 
-    fn forward<D: Device>(&self, dev: &D, x: &[f32], out: &mut [f32]) {
+    fn forward<D: Device + ?Sized>(&self, dev: &D, x: &[f32], out: &mut [f32]) {
         dev.matmul_wt(x, &self.weight, out);
         if let Some(b) = &self.bias {
             dev.add_bias(out, b);
@@ -425,7 +425,7 @@ impl Model {
 
     /// Runs block `index` in place on the residual stream `h` (`[layout.tokens(), hidden]`).
     /// With a cache (batch 1), keys and values are appended and attention sees the past.
-    pub fn block_forward<D: Device>(
+    pub fn block_forward<D: Device + ?Sized>(
         &self,
         dev: &D,
         index: usize,
@@ -441,7 +441,7 @@ impl Model {
     /// Runs `block` (this model's own or a replacement whose linears are compressed
     /// variants) in place on `h`, fully and without a cache, calling `tap` with each of
     /// the four linear inputs as they are computed. The same code as the normal forward.
-    pub fn block_forward_tapped<D: Device>(
+    pub fn block_forward_tapped<D: Device + ?Sized>(
         &self,
         dev: &D,
         block: &Block,
@@ -467,7 +467,7 @@ impl Model {
     /// across blocks: allocating (and faulting in) ~10 MB of fresh buffers per block at
     /// L=512 cost a few percent of the forward.
     #[allow(clippy::too_many_arguments)]
-    fn block_forward_in<D: Device>(
+    fn block_forward_in<D: Device + ?Sized>(
         &self,
         dev: &D,
         index: usize,
@@ -483,7 +483,7 @@ impl Model {
 
     /// The one block forward: `block`'s weights, `index` only locating its cache slots.
     #[allow(clippy::too_many_arguments)]
-    fn run_block<D: Device>(
+    fn run_block<D: Device + ?Sized>(
         &self,
         dev: &D,
         block: &Block,
@@ -521,7 +521,7 @@ impl Model {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attention<'s, D: Device>(
+    fn attention<'s, D: Device + ?Sized>(
         &self,
         dev: &D,
         attn: &Attention,
@@ -580,7 +580,7 @@ impl Model {
         out
     }
 
-    fn mlp<'s, D: Device>(
+    fn mlp<'s, D: Device + ?Sized>(
         &self,
         dev: &D,
         mlp: &Mlp,
@@ -602,14 +602,14 @@ impl Model {
     }
 
     /// Final RMSNorm of the residual stream, `[n, hidden]`.
-    pub fn final_norm<D: Device>(&self, dev: &D, h: &[f32]) -> Vec<f32> {
+    pub fn final_norm<D: Device + ?Sized>(&self, dev: &D, h: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; h.len()];
         dev.rms_norm(h, &self.norm, self.config.rms_norm_eps, &mut out);
         out
     }
 
     /// Logits `[n, vocab]` of already-normalised hidden states.
-    pub fn lm_head<D: Device>(&self, dev: &D, normed: &[f32]) -> Vec<f32> {
+    pub fn lm_head<D: Device + ?Sized>(&self, dev: &D, normed: &[f32]) -> Vec<f32> {
         let n = normed.len() / self.hidden_size();
         let mut logits = vec![0f32; n * self.vocab_size()];
         dev.matmul_wt(normed, &self.lm_head, &mut logits);
@@ -619,7 +619,7 @@ impl Model {
     /// Sums `score(first_row, logits)` over the logits of `normed[..rows]`, computed
     /// `HEAD_CHUNK_ROWS` rows at a time so the buffer stays `rows x vocab` small instead of
     /// `positions x vocab` (100 MB at 512 positions on a 49k vocabulary).
-    pub fn sum_over_logits<D: Device>(
+    pub fn sum_over_logits<D: Device + ?Sized>(
         &self,
         dev: &D,
         normed: &[f32],
@@ -657,7 +657,7 @@ impl Model {
 
     /// Final-normed hidden states `[batch * seq, hidden]` of `batch` equal-length sequences
     /// laid end to end in `tokens`, with sub-blocks run according to `plan`.
-    pub fn hidden_states<D: Device>(
+    pub fn hidden_states<D: Device + ?Sized>(
         &self,
         dev: &D,
         tokens: &[u32],
@@ -683,7 +683,7 @@ impl Model {
 
     /// Runs blocks `from..plan.len()` in place on the residual stream `h`, sharing one set
     /// of activation buffers: the path of a candidate evaluated from its first changed block.
-    pub fn run_blocks<D: Device>(
+    pub fn run_blocks<D: Device + ?Sized>(
         &self,
         dev: &D,
         h: &mut [f32],
@@ -698,14 +698,19 @@ impl Model {
     }
 
     /// Logits `[batch * seq, vocab]` for `batch` equal-length sequences (dense model).
-    pub fn logits<D: Device>(&self, dev: &D, tokens: &[u32], batch: usize) -> Result<Vec<f32>> {
+    pub fn logits<D: Device + ?Sized>(
+        &self,
+        dev: &D,
+        tokens: &[u32],
+        batch: usize,
+    ) -> Result<Vec<f32>> {
         let plan = vec![BlockPlan::FULL; self.layers.len()];
         let h = self.hidden_states(dev, tokens, batch, &plan)?;
         Ok(self.lm_head(dev, &h))
     }
 
     /// Feeds `tokens` after the cached positions and returns the logits of the last one.
-    pub fn step<D: Device>(
+    pub fn step<D: Device + ?Sized>(
         &self,
         dev: &D,
         tokens: &[u32],
@@ -729,7 +734,7 @@ impl Model {
     }
 
     /// Greedy decoding: `max_tokens` new ids after `prompt`, stopping early at `stop`.
-    pub fn generate<D: Device>(
+    pub fn generate<D: Device + ?Sized>(
         &self,
         dev: &D,
         prompt: &[u32],

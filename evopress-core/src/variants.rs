@@ -8,6 +8,7 @@ use crate::model::Model;
 use crate::store::{UnitEntry, VariantStore};
 use crate::units::{linear_units, LinearUnit};
 use evopress_kernels::Weight;
+use evopress_search::SearchSpace;
 
 /// Reads one stored variant back as a weight (the backend's decoding of its parts).
 pub type LoadWeight<'a> = &'a dyn Fn(&VariantStore, &UnitEntry, i32) -> Result<Weight>;
@@ -23,21 +24,21 @@ pub struct VariantTable {
 }
 
 impl VariantTable {
-    /// Opens the store in `dir` (checksums verified), checks that it was built for `model` by
-    /// the `backend`, and loads every variant.
+    /// Opens the store in `dir` (checksums verified), checks that it was built for `model`
+    /// and stores its variants in `format` (which `load` decodes), and loads every variant.
     pub fn open(
         model: &Model,
         dir: &std::path::Path,
-        backend: &str,
+        format: &str,
         load: LoadWeight<'_>,
     ) -> Result<VariantTable> {
         let store = VariantStore::open(dir)?;
         let m = store.manifest();
         let bad = |msg: String| Err(Error::Invalid(format!("{}: {msg}", dir.display())));
-        if m.header.backend != backend {
+        if m.header.format != format {
             return bad(format!(
-                "the database was built by `{}`, this run needs a `{backend}` database",
-                m.header.backend
+                "a `{}` database of `{}` variants; this run reads `{format}` variants",
+                m.header.backend, m.header.format
             ));
         }
         if m.header.model.fingerprint != model.fingerprint() {
@@ -140,6 +141,19 @@ impl VariantTable {
                             unit.name
                         ))
                     })
+            })
+            .collect()
+    }
+
+    /// `errors[u][l]`: the manifest's relative error of unit `u` at `space`'s level `l` (the
+    /// DP baseline's input); infinite where the store lacks the level.
+    pub fn rel_errors(&self, space: &SearchSpace) -> Vec<Vec<f64>> {
+        (space.units().iter().enumerate())
+            .map(|(u, unit)| {
+                let entry = self.entry(u);
+                (unit.levels.iter())
+                    .map(|l| entry.level(l.id).map_or(f64::INFINITY, |e| e.rel_error))
+                    .collect()
             })
             .collect()
     }

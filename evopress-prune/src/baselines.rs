@@ -1,69 +1,210 @@
-//! One-shot block-dropping baselines (SPEC §6.1-6.2). All drop whole blocks.
+//! One-shot depth-pruning baselines (docs/baselines.md). Each scores every block (or every
+//! attention and MLP sub-block) once and drops the k lowest:
 //!
-//! Hidden-state scores compare each block's input with its output *before* the final norm
-//! (the original compares the last block's pre-norm input with a post-norm output).
+//! - `cosine` (ShortGPT): the most similar input and output (cosine of the residual stream);
+//! - `norm_ratio` (weight subcloning): the smallest relative update `|out - in| / |out|`;
+//! - `window_cosine` (Gromov et al.): the contiguous window of k blocks whose ends are most
+//!   similar (whole blocks only);
+//! - `perplexity` (Shortened LLaMA) and `kl`: the least harm when dropped alone, in calibration
+//!   perplexity or KL to the dense model;
+//! - `brute_force`: every set of k whole blocks by calibration fitness (expensive).
+//!
+//! The `_sub` variants score attention and MLP sub-blocks separately and drop k of each, the
+//! shape the search itself explores. Hidden-state scores compare a block's input with its
+//! output before the final norm.
 
 use crate::drop_config::whole_blocks;
+use crate::space::DropMask;
 use evopress_core::evaluate::{Calibration, StageCache};
-use evopress_core::search::DropMask;
-use evopress_core::search::TokenSlice as Slice;
+use evopress_core::fitness::FitnessKind;
+use evopress_core::model::Layout;
 use evopress_core::{BlockPlan, Error, Model, Result};
 use evopress_kernels::Device;
+use evopress_search::TokenBatch;
 
-/// The scoring baselines, by their names in the original (`drop_scoring.py`) and the paper.
+/// How a baseline scores sub-blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    /// ShortGPT: drop the k blocks whose output is most similar (cosine) to their input.
+pub enum Score {
     Cosine,
-    /// Weight subcloning: drop the k blocks with the smallest relative update.
     NormRatio,
-    /// Gromov et al.: drop the contiguous window of k blocks whose ends are most similar.
     WindowCosine,
-    /// Shortened LLaMA: drop the k blocks whose single removal hurts perplexity least.
     Perplexity,
-    /// Like `Perplexity` with the KL fitness.
     Kl,
 }
 
-impl Method {
-    pub const ALL: [Method; 5] = [
-        Method::Cosine,
-        Method::NormRatio,
-        Method::WindowCosine,
-        Method::Perplexity,
-        Method::Kl,
+/// A scoring baseline: its score and whether it drops whole blocks or k of each sub-block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scoring {
+    pub score: Score,
+    pub sub_blocks: bool,
+}
+
+impl Scoring {
+    /// Every scoring baseline, the whole-block ones first.
+    pub const ALL: [Scoring; 9] = [
+        Scoring::whole(Score::Cosine),
+        Scoring::whole(Score::NormRatio),
+        Scoring::whole(Score::WindowCosine),
+        Scoring::whole(Score::Perplexity),
+        Scoring::whole(Score::Kl),
+        Scoring::sub(Score::Cosine),
+        Scoring::sub(Score::NormRatio),
+        Scoring::sub(Score::Perplexity),
+        Scoring::sub(Score::Kl),
     ];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Cosine => "cosine",
-            Method::NormRatio => "norm_ratio",
-            Method::WindowCosine => "window_cosine",
-            Method::Perplexity => "perplexity",
-            Method::Kl => "kl",
+    const fn whole(score: Score) -> Self {
+        Scoring {
+            score,
+            sub_blocks: false,
         }
     }
 
-    pub fn parse(s: &str) -> Result<Method> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "unknown baseline method `{s}`; expected one of cosine, norm_ratio, window_cosine, perplexity, kl"
-                ))
-            })
+    const fn sub(score: Score) -> Self {
+        Scoring {
+            score,
+            sub_blocks: true,
+        }
+    }
+
+    pub fn name(self) -> String {
+        let base = match self.score {
+            Score::Cosine => "cosine",
+            Score::NormRatio => "norm_ratio",
+            Score::WindowCosine => "window_cosine",
+            Score::Perplexity => "perplexity",
+            Score::Kl => "kl",
+        };
+        if self.sub_blocks {
+            format!("{base}_sub")
+        } else {
+            base.to_string()
+        }
+    }
+
+    pub fn about(self) -> &'static str {
+        match (self.score, self.sub_blocks) {
+            (Score::Cosine, false) => {
+                "ShortGPT: blocks whose output is most similar to their input"
+            }
+            (Score::Cosine, true) => "ShortGPT's cosine per attention and MLP sub-block",
+            (Score::NormRatio, false) => {
+                "weight subcloning: blocks with the smallest relative update"
+            }
+            (Score::NormRatio, true) => "relative update per attention and MLP sub-block",
+            (Score::WindowCosine, _) => {
+                "Gromov et al.: the window of k blocks with the most similar ends"
+            }
+            (Score::Perplexity, false) => {
+                "Shortened LLaMA: blocks whose removal alone hurts perplexity least"
+            }
+            (Score::Perplexity, true) => "single sub-block removal, by calibration perplexity",
+            (Score::Kl, false) => "blocks whose removal alone costs the least KL",
+            (Score::Kl, true) => "single sub-block removal, by KL to the dense model",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scoring> {
+        Scoring::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
-/// Token-averaged similarity statistics between block boundaries.
+/// A baseline's choice and the scores it was made from (lower = dropped first; for sub-block
+/// baselines attention scores then MLP scores).
+pub struct Choice {
+    pub mask: DropMask,
+    pub scores: Vec<f64>,
+}
+
+/// Runs a scoring baseline dropping `k` blocks (or k attention and k MLP sub-blocks) where
+/// `legal` allows, scoring on the tokens of `batch`.
+pub fn score<D: Device + ?Sized>(
+    model: &Model,
+    dev: &D,
+    cal: &Calibration,
+    batch: &TokenBatch,
+    scoring: Scoring,
+    k: usize,
+    legal: &DropMask,
+) -> Result<Choice> {
+    let n = model.layers.len();
+    let scores = match scoring.score {
+        Score::Cosine | Score::NormRatio | Score::WindowCosine => {
+            let s = boundary_stats(model, dev, cal, batch, k.max(1))?;
+            match (scoring.score, scoring.sub_blocks) {
+                (Score::Cosine, false) => s.cos_block.iter().map(|c| -c).collect(),
+                (Score::Cosine, true) => s.cos_sub.iter().map(|c| -c).collect(),
+                (Score::NormRatio, false) => s.ratio_block,
+                (Score::NormRatio, true) => s.ratio_sub,
+                _ => {
+                    // A window's score goes to its first block; the choice is the whole window.
+                    let neg: Vec<f64> = s.cos_window.iter().map(|c| -c).collect();
+                    let windows =
+                        (0..neg.len()).filter(|&s| (s..s + k).all(|b| legal_block(legal, b)));
+                    let start = windows
+                        .min_by(|&a, &b| neg[a].total_cmp(&neg[b]))
+                        .ok_or_else(|| {
+                            Error::Invalid(format!("no window of {k} blocks may be dropped"))
+                        })?;
+                    let blocks: Vec<usize> = (start..start + k).collect();
+                    return Ok(Choice {
+                        mask: whole_blocks(n, &blocks),
+                        scores: neg,
+                    });
+                }
+            }
+        }
+        Score::Perplexity | Score::Kl => {
+            let kind = match scoring.score {
+                Score::Kl => cal.kind,
+                _ => FitnessKind::Ppl,
+            };
+            single_drop_scores(model, dev, cal, batch, kind, scoring.sub_blocks)?
+        }
+    };
+    let mask = if scoring.sub_blocks {
+        let attn = lowest_legal(&scores[..n], k, |b| legal.attn[b])?;
+        let mlp = lowest_legal(&scores[n..], k, |b| legal.mlp[b])?;
+        let mut mask = DropMask::none(n);
+        attn.into_iter().for_each(|b| mask.attn[b] = true);
+        mlp.into_iter().for_each(|b| mask.mlp[b] = true);
+        mask
+    } else {
+        whole_blocks(n, &lowest_legal(&scores, k, |b| legal_block(legal, b))?)
+    };
+    Ok(Choice { mask, scores })
+}
+
+fn legal_block(legal: &DropMask, b: usize) -> bool {
+    legal.attn[b] && legal.mlp[b]
+}
+
+/// Indices of the `k` lowest scores among those `allowed` (ties to the lower index).
+fn lowest_legal(scores: &[f64], k: usize, allowed: impl Fn(usize) -> bool) -> Result<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| allowed(i)).collect();
+    if idx.len() < k {
+        return Err(Error::Invalid(format!(
+            "cannot drop {k}: only {} may be dropped",
+            idx.len()
+        )));
+    }
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.sort_unstable();
+    Ok(idx)
+}
+
+/// Token-averaged similarity statistics between sub-block boundaries.
 struct BoundaryStats {
-    /// `cos_next[i]`: mean cosine between block i's input and output.
-    cos_next: Vec<f64>,
-    /// `cos_window[s]`: mean cosine between the streams entering blocks s and s + k.
+    /// Mean cosine between block i's input and output.
+    cos_block: Vec<f64>,
+    /// Mean cosine across attention sub-block i (first n), then MLP sub-block i.
+    cos_sub: Vec<f64>,
+    /// Mean cosine between the streams entering blocks s and s + k.
     cos_window: Vec<f64>,
-    /// `norm_ratio[i]`: mean `|out - in| / |out|` of block i.
-    norm_ratio: Vec<f64>,
+    /// Mean `|out - in| / |out|` of block i, and of each sub-block.
+    ratio_block: Vec<f64>,
+    ratio_sub: Vec<f64>,
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -77,163 +218,135 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn relative_update(before: &[f32], after: &[f32]) -> f64 {
-    let diff: f64 = before
-        .iter()
-        .zip(after)
+    let diff: f64 = (before.iter().zip(after))
         .map(|(&x, &y)| ((y - x) as f64).powi(2))
         .sum();
     let norm: f64 = after.iter().map(|&y| (y as f64).powi(2)).sum();
     diff.sqrt() / norm.sqrt().max(1e-30)
 }
 
-fn boundary_stats<D: Device>(
+const ATTN_ONLY: BlockPlan = BlockPlan {
+    attn: true,
+    mlp: false,
+};
+const MLP_ONLY: BlockPlan = BlockPlan {
+    attn: false,
+    mlp: true,
+};
+
+fn boundary_stats<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
-    samples: &[Vec<u32>],
+    cal: &Calibration,
+    batch: &TokenBatch,
     k: usize,
 ) -> Result<BoundaryStats> {
     let n = model.layers.len();
     let hsz = model.hidden_size();
     let mut s = BoundaryStats {
-        cos_next: vec![0.0; n],
-        cos_window: vec![0.0; n + 1 - k],
-        norm_ratio: vec![0.0; n],
+        cos_block: vec![0.0; n],
+        cos_sub: vec![0.0; 2 * n],
+        cos_window: vec![0.0; (n + 1).saturating_sub(k)],
+        ratio_block: vec![0.0; n],
+        ratio_sub: vec![0.0; 2 * n],
     };
     let mut tokens = 0usize;
-    for toks in samples {
-        let layout = evopress_core::model::Layout {
+    for slice in &batch.slices {
+        let toks = &cal.samples[slice.sample][slice.tokens.clone()];
+        let layout = Layout {
             batch: 1,
             seq: toks.len(),
             pos0: 0,
         };
+        // states[2b] enters block b, states[2b + 1] is between its attention and MLP.
         let mut states = vec![model.embed(toks)?];
         for b in 0..n {
-            let mut h = states[b].clone();
-            model.block_forward(dev, b, &mut h, layout, BlockPlan::FULL, None);
-            states.push(h);
+            for plan in [ATTN_ONLY, MLP_ONLY] {
+                let mut h = states.last().expect("non-empty").clone();
+                model.block_forward(dev, b, &mut h, layout, plan, None);
+                states.push(h);
+            }
         }
         for t in 0..toks.len() {
             let at = |i: usize| &states[i][t * hsz..(t + 1) * hsz];
-            for i in 0..n {
-                s.cos_next[i] += cosine(at(i), at(i + 1));
-                s.norm_ratio[i] += relative_update(at(i), at(i + 1));
+            for b in 0..n {
+                s.cos_block[b] += cosine(at(2 * b), at(2 * b + 2));
+                s.ratio_block[b] += relative_update(at(2 * b), at(2 * b + 2));
+                for (j, sub) in [b, n + b].into_iter().enumerate() {
+                    s.cos_sub[sub] += cosine(at(2 * b + j), at(2 * b + j + 1));
+                    s.ratio_sub[sub] += relative_update(at(2 * b + j), at(2 * b + j + 1));
+                }
             }
             for (start, c) in s.cos_window.iter_mut().enumerate() {
-                *c += cosine(at(start), at(start + k));
+                *c += cosine(at(2 * start), at(2 * (start + k)));
             }
         }
         tokens += toks.len();
     }
-    for v in [&mut s.cos_next, &mut s.cos_window, &mut s.norm_ratio] {
-        v.iter_mut().for_each(|x| *x /= tokens as f64);
+    let all = [
+        &mut s.cos_block,
+        &mut s.cos_sub,
+        &mut s.cos_window,
+        &mut s.ratio_block,
+        &mut s.ratio_sub,
+    ];
+    for v in all {
+        v.iter_mut().for_each(|x| *x /= tokens.max(1) as f64);
     }
     Ok(s)
 }
 
-/// Indices of the `k` smallest scores (ties to the lower index).
-fn k_smallest(scores: &[f64], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
-}
-
-/// A baseline's choice and the per-candidate scores it was made from (lower = dropped first).
-pub struct BaselineResult {
-    pub config: DropMask,
-    pub scores: Vec<f64>,
-}
-
-/// Runs a baseline dropping `k` whole blocks, scoring on `cal`'s samples.
-pub fn run<D: Device>(
+/// The fitness (`kind`: perplexity's mean NLL or KL) with each block, or each sub-block
+/// (attention ones first), dropped alone; every candidate runs from the block it drops.
+fn single_drop_scores<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
     cal: &Calibration,
-    method: Method,
-    k: usize,
-) -> Result<BaselineResult> {
+    batch: &TokenBatch,
+    kind: FitnessKind,
+    sub_blocks: bool,
+) -> Result<Vec<f64>> {
     let n = model.layers.len();
-    if k > n {
-        return Err(Error::Invalid(format!("cannot drop {k} of {n} blocks")));
-    }
-    let (scores, chosen) = match method {
-        Method::Cosine | Method::NormRatio | Method::WindowCosine => {
-            let s = boundary_stats(model, dev, &cal.samples, k.max(1))?;
-            match method {
-                Method::Cosine => {
-                    let neg: Vec<f64> = s.cos_next.iter().map(|c| -c).collect();
-                    let chosen = k_smallest(&neg, k);
-                    (neg, chosen)
-                }
-                Method::NormRatio => {
-                    let chosen = k_smallest(&s.norm_ratio, k);
-                    (s.norm_ratio, chosen)
-                }
-                _ => {
-                    let neg: Vec<f64> = s.cos_window.iter().map(|c| -c).collect();
-                    let start = if k == 0 { 0 } else { k_smallest(&neg, 1)[0] };
-                    (neg, (start..start + k).collect())
-                }
-            }
-        }
-        Method::Perplexity | Method::Kl => {
-            if (method == Method::Perplexity)
-                != (cal.kind == evopress_core::fitness::FitnessKind::Ppl)
-            {
-                return Err(Error::Invalid(format!(
-                    "baseline `{}` needs calibration targets of the matching fitness",
-                    method.name()
-                )));
-            }
-            let scores = single_block_scores(model, dev, cal)?;
-            let chosen = k_smallest(&scores, k);
-            (scores, chosen)
-        }
+    // Perplexity needs no dense targets: score the same tokens without them.
+    let ppl;
+    let cal = if kind == FitnessKind::Ppl && cal.kind != FitnessKind::Ppl {
+        ppl = Calibration::new(model, dev, cal.samples.clone(), FitnessKind::Ppl, |_| {})?;
+        &ppl
+    } else {
+        cal
     };
-    Ok(BaselineResult {
-        config: whole_blocks(n, &chosen),
-        scores,
-    })
-}
-
-/// Every calibration sample, whole.
-pub fn all_slices(cal: &Calibration) -> Vec<Slice> {
-    cal.samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Slice {
-            sample: i,
-            tokens: 0..s.len(),
-        })
-        .collect()
-}
-
-/// Fitness with each block alone dropped, from block i on (the prefix is cached).
-fn single_block_scores<D: Device>(model: &Model, dev: &D, cal: &Calibration) -> Result<Vec<f64>> {
-    let n = model.layers.len();
     let dense = vec![BlockPlan::FULL; n];
-    let cache = StageCache::build(model, dev, cal, all_slices(cal), &dense, usize::MAX)?;
-    (0..n)
-        .map(|i| {
+    let cache = StageCache::build(model, dev, cal, batch.slices.clone(), &dense, usize::MAX)?;
+    let drops: Vec<(usize, BlockPlan)> = if sub_blocks {
+        let attn = (0..n).map(|b| (b, MLP_ONLY));
+        attn.chain((0..n).map(|b| (b, ATTN_ONLY))).collect()
+    } else {
+        let none = BlockPlan {
+            attn: false,
+            mlp: false,
+        };
+        (0..n).map(|b| (b, none)).collect()
+    };
+    drops
+        .into_iter()
+        .map(|(b, p)| {
             let mut plan = dense.clone();
-            plan[i] = BlockPlan {
-                attn: false,
-                mlp: false,
-            };
-            cache.evaluate(model, dev, cal, &plan, i)
+            plan[b] = p;
+            cache.fitness(model, dev, cal, &plan, b)
         })
         .collect()
 }
 
-/// Brute force over every set of `k` whole blocks among `legal` (SPEC §6.2), by the
-/// calibration fitness. Returns the best configuration and its fitness.
-pub fn brute_force<D: Device>(
+/// Brute force over every set of `k` whole blocks among `legal` by calibration fitness on
+/// `batch`. Returns the best configuration and its fitness.
+pub fn brute_force<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
     cal: &Calibration,
+    batch: &TokenBatch,
     legal: &[usize],
     k: usize,
-    mut progress: impl FnMut(usize, usize),
+    progress: &dyn Fn(usize, usize),
 ) -> Result<(DropMask, f64)> {
     let n = model.layers.len();
     if k > legal.len() {
@@ -244,12 +357,12 @@ pub fn brute_force<D: Device>(
     }
     let combos = combinations(legal, k);
     let dense = vec![BlockPlan::FULL; n];
-    let cache = StageCache::build(model, dev, cal, all_slices(cal), &dense, usize::MAX)?;
+    let cache = StageCache::build(model, dev, cal, batch.slices.clone(), &dense, usize::MAX)?;
     let mut best: Option<(DropMask, f64)> = None;
     for (i, blocks) in combos.iter().enumerate() {
         let c = whole_blocks(n, blocks);
         let first = blocks.iter().copied().min().unwrap_or(n);
-        let f = cache.evaluate(model, dev, cal, &crate::drop_config::plan(&c), first)?;
+        let f = cache.fitness(model, dev, cal, &crate::drop_config::plan(&c), first)?;
         if best.as_ref().is_none_or(|(_, b)| f < *b) {
             best = Some((c, f));
         }
@@ -293,7 +406,17 @@ mod tests {
     }
 
     #[test]
-    fn k_smallest_breaks_ties_by_index() {
-        assert_eq!(k_smallest(&[0.5, 0.1, 0.1, 0.9], 2), vec![1, 2]);
+    fn lowest_legal_breaks_ties_by_index_and_skips_illegal() {
+        let scores = [0.5, 0.1, 0.1, 0.9];
+        assert_eq!(lowest_legal(&scores, 2, |_| true).unwrap(), vec![1, 2]);
+        assert_eq!(lowest_legal(&scores, 2, |i| i != 1).unwrap(), vec![0, 2]);
+        assert!(lowest_legal(&scores, 3, |i| i < 2).is_err());
+    }
+
+    #[test]
+    fn every_scoring_name_parses_back() {
+        for s in Scoring::ALL {
+            assert_eq!(Scoring::parse(&s.name()), Some(s));
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! `layer_drop_config.txt` (one line per block: `none`, `attn`, `mlp` or `attn+mlp`) and our
 //! TOML (`blocks = n`, `attn = [..]`, `mlp = [..]`: lists of dropped block indices).
 
-use evopress_core::search::DropMask;
+use crate::space::DropMask;
 use evopress_core::{BlockPlan, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;

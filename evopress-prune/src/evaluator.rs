@@ -3,14 +3,15 @@
 //! differs from the stage's parent (see [`evopress_core::evaluate`]).
 
 use crate::drop_config;
+use crate::space::DepthLayout;
 use evopress_core::evaluate::{Calibration, StageCache};
-use evopress_core::search::{DepthLayout, Evaluator, Genome, TokenBatch};
-use evopress_core::{BlockPlan, Error, Model, Result};
+use evopress_core::{BlockPlan, Error, Model};
 use evopress_kernels::Device;
+use evopress_search::{Evaluator, Genome, Result, Score, TokenBatch};
 
-pub struct DepthEvaluator<'a, D: Device> {
+pub struct DepthEvaluator<'a> {
     model: &'a Model,
-    dev: &'a D,
+    dev: &'a dyn Device,
     cal: &'a Calibration,
     layout: DepthLayout,
     /// Largest parent-activation cache per stage; 0 disables incremental evaluation.
@@ -20,10 +21,10 @@ pub struct DepthEvaluator<'a, D: Device> {
     pub blocks_run: u64,
 }
 
-impl<'a, D: Device> DepthEvaluator<'a, D> {
+impl<'a> DepthEvaluator<'a> {
     pub fn new(
         model: &'a Model,
-        dev: &'a D,
+        dev: &'a dyn Device,
         cal: &'a Calibration,
         layout: DepthLayout,
         cache_cap_bytes: usize,
@@ -44,7 +45,7 @@ impl<'a, D: Device> DepthEvaluator<'a, D> {
     }
 }
 
-impl<D: Device> Evaluator for DepthEvaluator<'_, D> {
+impl Evaluator for DepthEvaluator<'_> {
     fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
         let plan = self.plan(parent);
         let cache = StageCache::build(
@@ -59,11 +60,11 @@ impl<D: Device> Evaluator for DepthEvaluator<'_, D> {
         Ok(())
     }
 
-    fn evaluate(&mut self, genome: &Genome, batch: &TokenBatch) -> Result<f64> {
+    fn score_slice(&mut self, genome: &Genome, batch: &TokenBatch, slice: usize) -> Result<Score> {
         let (parent, cache) = self
             .stage
             .as_ref()
-            .filter(|(_, c)| c.slices == batch.slices)
+            .filter(|(_, c)| c.is_for(batch))
             .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
         let plan = self.plan(genome);
         let first_diff = (0..plan.len())
@@ -71,6 +72,10 @@ impl<D: Device> Evaluator for DepthEvaluator<'_, D> {
             .unwrap_or(plan.len());
         let from = if cache.is_cached() { first_diff } else { 0 };
         self.blocks_run += (plan.len() - from) as u64;
-        cache.evaluate(self.model, self.dev, self.cal, &plan, from)
+        Ok(cache.score_slice(self.model, self.dev, self.cal, &plan, from, slice)?)
+    }
+
+    fn sums_are_nonnegative(&self) -> bool {
+        true
     }
 }

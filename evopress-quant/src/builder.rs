@@ -21,6 +21,9 @@ use serde_json::{json, Map, Value};
 
 /// The backend name in a GPTQ store's manifest.
 pub const BACKEND: &str = "gptq";
+/// The store format of quantized variants: bit-packed codes plus f16 scales and zeros per
+/// group ([`load_packed`] reads it).
+pub const PACKED_FORMAT: &str = "packed";
 
 /// Which activations the blocks after a built block see (SPEC §2.4.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +198,10 @@ pub fn packed_tensors(p: &PackedMatrix) -> Vec<(String, TensorData)> {
 impl VariantBuilder for GptqBuilder {
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn format(&self) -> &'static str {
+        PACKED_FORMAT
     }
 
     fn params(&self) -> Value {

@@ -26,15 +26,20 @@ pub mod builder;
 pub mod gptq;
 pub mod packed;
 pub mod quantizer;
+pub mod space;
 pub mod synth;
 
 mod linalg;
 
-pub use backend::{QuantBackend, QuantSearchParams};
+pub use backend::{Quant, QuantBackend, QuantSearchParams};
 pub use builder::{GptqBuilder, GptqParams, Propagation};
 pub use gptq::{gptq, rel_error, GptqConfig, GptqHessian};
 pub use packed::PackedMatrix;
 pub use quantizer::{rtn, GroupParams, QuantSpec, RangeSearch};
+pub use space::{quantization_space, GroupRule, QuantUnit};
+
+/// The registry entry for bit-width allocation.
+pub static QUANT: Quant = Quant;
 
 /// A quantized weight matrix: the packed form and its dequantization.
 ///

@@ -36,6 +36,9 @@ use serde_json::{json, Map, Value};
 pub const SPARSEGPT_BACKEND: &str = "sparsegpt";
 /// Backend name of an OWL (λ × M grid) database.
 pub const OWL_BACKEND: &str = "owl-sparsegpt";
+/// The store format of sparse variants: a 1-bit mask per weight plus the kept values in f16
+/// ([`load_masked`] reads it).
+pub const MASKED_FORMAT: &str = "masked";
 
 fn default_num_levels() -> u32 {
     8
@@ -288,6 +291,10 @@ impl VariantBuilder for SparseGptBuilder {
         SPARSEGPT_BACKEND
     }
 
+    fn format(&self) -> &'static str {
+        MASKED_FORMAT
+    }
+
     fn params(&self) -> Value {
         json!({
             "sparsity": self.scheme.sparsity,
@@ -324,7 +331,7 @@ impl VariantBuilder for SparseGptBuilder {
 
 /// Outlier ratios `LOD_b(M)` of every block (`[block][m]`), from a dense calibration pass that
 /// keeps only the Hessians' diagonals (SPEC §6.3 pass 1).
-pub fn outlier_ratios<D: Device>(
+pub fn outlier_ratios<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
     windows: Vec<Vec<u32>>,
@@ -411,6 +418,10 @@ impl OwlBuilder {
 impl VariantBuilder for OwlBuilder {
     fn backend(&self) -> &'static str {
         OWL_BACKEND
+    }
+
+    fn format(&self) -> &'static str {
+        MASKED_FORMAT
     }
 
     fn params(&self) -> Value {

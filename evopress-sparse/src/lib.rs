@@ -11,7 +11,8 @@
 //! - [`codec`]: bitmask + kept values, for storing and streaming variants.
 //! - [`owl`]: OWL's per-block sparsities from outlier ratios (SPEC §6.3).
 //! - [`builder`]: the SparseGPT and OWL variant databases (core's block-wise build driver).
-//! - [`backend`]: the sparsity search backend over a database.
+//! - [`backend`]: the sparsity method ([`SPARSE`]): search backend over a database of masked
+//!   variants, its baselines (uniform, DP, OWL) and database builders.
 
 pub mod backend;
 pub mod builder;
@@ -20,7 +21,7 @@ pub mod levels;
 pub mod owl;
 pub mod sparsegpt;
 
-pub use backend::SparseBackend;
+pub use backend::{Sparse, SparseBackend, SparseParams};
 pub use builder::{
     count_zeros, load_masked, outlier_ratios, OwlBuilder, OwlParams, SparseGptBuilder,
     SparseGptParams,
@@ -29,6 +30,9 @@ pub use codec::{decode_into, encode, Encoded, ValueType, Values};
 pub use evopress_kernels::{MaskedMatrix, MaskedValues};
 pub use levels::LevelScheme;
 pub use sparsegpt::{magnitude_prune, rel_error, SparseGpt, SparseGptConfig};
+
+/// The registry entry for unstructured sparsity.
+pub static SPARSE: Sparse = Sparse;
 
 /// Everything that can go wrong in this crate; each variant says what was expected.
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,13 @@ mod common;
 use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
 use evopress_core::evaluate::Calibration;
 use evopress_core::fitness::FitnessKind;
-use evopress_core::search::{
-    DepthLayout, DropMask, Evaluator, Genome, Search, SearchConfig, Stage, TokenBatch, TokenSlice,
-};
 use evopress_core::{load_model, LoadedModel};
 use evopress_kernels::cpu::Cpu;
 use evopress_prune::{baselines, DepthEvaluator};
+use evopress_prune::{DepthLayout, DropMask};
+use evopress_search::{
+    fitness, Evaluator, Genome, InitialSource, Search, SearchConfig, Stage, TokenBatch, TokenSlice,
+};
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 
@@ -56,7 +57,7 @@ fn incremental_evaluation_equals_full_evaluation_bit_for_bit() {
     let mut full = DepthEvaluator::new(m, &Cpu, &cal, layout, 0);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let batch = whole_batch(&cal);
-    let parent = evopress_core::search::init::random_start(&space, &mut rng).unwrap();
+    let parent = evopress_search::init::random_start(&space, &mut rng).unwrap();
     incremental.begin_stage(&batch, &parent).unwrap();
     full.begin_stage(&batch, &parent).unwrap();
     for _ in 0..6 {
@@ -68,8 +69,8 @@ fn incremental_evaluation_equals_full_evaluation_bit_for_bit() {
             drops.attn.swap(i, j);
         }
         let child: Genome = layout.genome(&drops).unwrap();
-        let a = incremental.evaluate(&child, &batch).unwrap();
-        let b = full.evaluate(&child, &batch).unwrap();
+        let a = fitness(&mut incremental, &child, &batch).unwrap();
+        let b = fitness(&mut full, &child, &batch).unwrap();
         assert_eq!(a.to_bits(), b.to_bits(), "incremental {a} vs full {b}");
     }
     assert!(
@@ -85,8 +86,16 @@ fn restricted_whole_block_search_finds_the_brute_force_optimum() {
     let n = m.layers.len();
     let legal_blocks: Vec<usize> = (10..20).collect();
     let legal = evopress_prune::drop_config::whole_blocks(n, &legal_blocks);
-    let (best_mask, best_f) =
-        baselines::brute_force(m, &Cpu, &cal, &legal_blocks, 3, |_, _| {}).unwrap();
+    let (best_mask, best_f) = baselines::brute_force(
+        m,
+        &Cpu,
+        &cal,
+        &whole_batch(&cal),
+        &legal_blocks,
+        3,
+        &|_, _| {},
+    )
+    .unwrap();
 
     let layout = DepthLayout {
         n_blocks: n,
@@ -104,13 +113,15 @@ fn restricted_whole_block_search_finds_the_brute_force_optimum() {
         }],
         initially_generated: 8,
         initial_tokens: total,
+        initial: vec![InitialSource::Random],
+        final_tournament: false,
         ..SearchConfig::depth_defaults(n, 3)
     };
     let lens = cal.sample_lens();
     let search = Search::new(&space, &config, &lens).unwrap();
     let mut ev = DepthEvaluator::new(m, &Cpu, &cal, layout, usize::MAX);
-    let state = search.initialize(&mut ev, &mut ()).unwrap();
-    let state = search.run(state, &mut ev, &mut (), None).unwrap();
+    let mut state = search.initialize(Vec::new(), &mut ev, &mut ()).unwrap();
+    search.run(&mut state, &mut ev, &mut (), 0.0).unwrap();
     assert_eq!(
         layout.drops(state.best()),
         best_mask,

@@ -7,15 +7,15 @@ mod common;
 use evopress_core::build::{build_database, swap_unit, BuildRequest};
 use evopress_core::calibrate::BlockCalibrator;
 use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
-use evopress_core::search::{dp, init, mutation, GroupRule};
 use evopress_core::units::linear_units;
-use evopress_core::{load_model, BlockPlan, LoadedModel, Model};
+use evopress_core::{load_model, BlockPlan, CompressionBackend, LoadedModel, Model};
 use evopress_kernels::cpu::Cpu;
 use evopress_kernels::{Weight, WeightKind};
 use evopress_quant::{
-    gptq, rel_error, rtn, GptqBuilder, GptqConfig, GptqParams, Propagation, QuantBackend,
-    QuantSearchParams, QuantSpec,
+    gptq, rel_error, rtn, GptqBuilder, GptqConfig, GptqParams, GroupRule, Propagation,
+    QuantBackend, QuantSearchParams, QuantSpec,
 };
+use evopress_search::{dp, init, mutation};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -68,6 +68,7 @@ fn backend(target_bits: f64, group_rule: GroupRule, count_overhead: bool) -> Qua
         group_rule,
         step: 2, // the widths are 2 and 4
         count_overhead,
+        random_candidates: 4,
     };
     QuantBackend::open(&model().model, params).unwrap()
 }
@@ -130,9 +131,9 @@ fn budgets_hold_exactly() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     for rule in [GroupRule::Size, GroupRule::Name] {
         let b = backend(3.0, rule, false);
-        let space = b.space().unwrap();
+        let space = b.space();
         let numel = b.numel() as f64;
-        let check = |g: &evopress_core::search::Genome| {
+        let check = |g: &evopress_search::Genome| {
             let ids = space.level_ids(g);
             let bits: u64 = (b.table().units().iter().zip(&ids))
                 .map(|(u, &w)| u.numel() as u64 * w as u64)
@@ -140,18 +141,18 @@ fn budgets_hold_exactly() {
             assert_eq!(bits as f64, 3.0 * numel, "{rule:?}: not exactly 3 bits");
             assert!(space.budget_report(g).holds);
         };
-        let starts = init::distinct_random_starts(&space, 8, 1000, &mut rng).unwrap();
+        let starts = init::distinct_random_starts(space, 8, 1000, &mut rng).unwrap();
         starts.iter().for_each(check);
-        let kids = mutation::offspring(&space, &starts[..1], 16, 3, 1000, &mut rng).unwrap();
+        let kids = mutation::offspring(space, &starts[..1], 16, 3, 1000, &mut rng).unwrap();
         kids.iter().for_each(check);
-        check(&dp::dp_allocate(&space, &b.rel_errors(&space)).unwrap());
+        check(&dp::dp_allocate(space, &b.table().rel_errors(space)).unwrap());
     }
     // Stored bits under a ceiling: every variant's real bytes (codes, scales, zeros) count.
     let target = 3.0;
     let b = backend(target, GroupRule::None, true);
-    let space = b.space().unwrap();
+    let space = b.space();
     let ceiling = (b.numel() as f64 * target).floor() as u64;
-    for g in init::distinct_random_starts(&space, 4, 1000, &mut rng).unwrap() {
+    for g in init::distinct_random_starts(space, 4, 1000, &mut rng).unwrap() {
         let ids = space.level_ids(&g);
         let stored = 8 * b.stored_bytes(&ids);
         assert_eq!(space.total_cost(&g), stored);
@@ -181,6 +182,7 @@ fn budgets_hold_exactly() {
             group_rule: GroupRule::Size,
             step: 1,
             count_overhead: true,
+            random_candidates: 4,
         }
     )
     .is_err());

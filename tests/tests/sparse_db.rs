@@ -7,11 +7,11 @@ mod common;
 use evopress_core::build::{build_database, BuildEvent, BuildRequest};
 use evopress_core::calibrate::BlockCalibrator;
 use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
-use evopress_core::search::Genome;
 use evopress_core::store::{Manifest, VariantStore};
 use evopress_core::units::linear_units;
-use evopress_core::{load_model, LoadedModel};
+use evopress_core::{load_model, CompressionBackend, LoadedModel};
 use evopress_kernels::cpu::Cpu;
+use evopress_search::Genome;
 use evopress_sparse::backend::{ORIGINAL_CONFIG, TOML_CONFIG};
 use evopress_sparse::{
     count_zeros, magnitude_prune, rel_error, SparseBackend, SparseGpt, SparseGptBuilder,
@@ -80,7 +80,7 @@ fn full_db() -> &'static Path {
 fn assembled_candidates_hold_the_budget_exactly() {
     let m = &model().model;
     let db = SparseBackend::open(m, full_db()).unwrap();
-    let space = db.space().unwrap();
+    let space = db.space();
     let total: u64 = linear_units(m).iter().map(|u| u.numel() as u64).sum();
     assert_eq!(total % 2, 0);
 
@@ -119,7 +119,7 @@ fn assembled_candidates_hold_the_budget_exactly() {
 
     // Both config formats round-trip; the original one is sorted and has no trailing newline.
     let dir = tempfile::tempdir().unwrap();
-    for (name, text) in db.config_texts(&genome) {
+    for (name, text) in db.config_files(&genome).unwrap() {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let text = std::fs::read_to_string(dir.path().join(ORIGINAL_CONFIG)).unwrap();
@@ -130,11 +130,11 @@ fn assembled_candidates_hold_the_budget_exactly() {
     assert_eq!(names, sorted);
     assert!(text.contains("model.layers.0.self_attn.q_proj: 1"));
     assert_eq!(
-        db.read_config(&dir.path().join(ORIGINAL_CONFIG)).unwrap(),
+        db.read_levels(&dir.path().join(ORIGINAL_CONFIG)).unwrap(),
         genome
     );
     assert_eq!(
-        db.read_config(&dir.path().join(TOML_CONFIG)).unwrap(),
+        db.read_levels(&dir.path().join(TOML_CONFIG)).unwrap(),
         genome
     );
 }

@@ -58,6 +58,10 @@ impl CalibrationInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoreHeader {
     pub backend: String,
+    /// How variants are stored (`masked`: bitmask + kept values; `packed`: bit-packed codes),
+    /// which decides what can read them; empty in stores written before it was recorded.
+    #[serde(default)]
+    pub format: String,
     pub model: ModelInfo,
     /// Backend hyper-parameters, opaque here.
     pub params: Value,

@@ -1,11 +1,10 @@
-//! Depth pruning (SPEC 3.1): drop exactly k attention and k MLP sub-blocks, or k whole blocks.
+//! The depth-pruning search space (docs/search.md): drop exactly k attention and k MLP
+//! sub-blocks, or k whole blocks.
 
-use super::{Budget, Genome, Group, GroupStart, Level, SearchSpace, Unit};
-use crate::error::{Error, Result};
+use evopress_core::{Error, Result};
+use evopress_search::space::{ChooseK, ON};
+use evopress_search::{Genome, SearchSpace};
 use serde::{Deserialize, Serialize};
-
-const KEPT: i32 = 0;
-const DROPPED: i32 = 1;
 
 /// Which sub-blocks are dropped (`true`) per decoder block; also the shape of a legality mask,
 /// where `true` means "may be dropped".
@@ -53,54 +52,25 @@ impl DepthLayout {
                 legal.mlp.len()
             )));
         }
-        let unit = |name: String, group: usize, may_drop: bool| Unit {
-            name,
-            group,
-            levels: vec![
-                Level::new(KEPT, 0),
-                Level {
-                    legal: may_drop,
-                    ..Level::new(DROPPED, 1)
-                },
-            ],
+        let group = |name: &str, units: Vec<(String, bool)>| ChooseK {
+            name: format!("depth pruning: {name}"),
+            units,
+            k,
         };
-        let drop_k = |name: &str| Group {
-            name: name.into(),
-            start: GroupStart {
-                base: KEPT,
-                moved: k,
-                moved_to: DROPPED,
-            },
-        };
-        let (units, groups): (Vec<Unit>, Vec<Group>) = if self.entire_block {
-            let units = (0..n)
-                .map(|i| unit(format!("block.{i}"), 0, legal.attn[i] && legal.mlp[i]))
-                .collect();
-            (units, vec![drop_k("blocks")])
+        let groups = if self.entire_block {
+            let blocks = (0..n).map(|i| (format!("block.{i}"), legal.attn[i] && legal.mlp[i]));
+            vec![group("blocks", blocks.collect())]
         } else {
-            let attn = (0..n).map(|i| unit(format!("attn.{i}"), 0, legal.attn[i]));
-            let mlp = (0..n).map(|i| unit(format!("mlp.{i}"), 1, legal.mlp[i]));
-            (
-                attn.chain(mlp).collect(),
-                vec![drop_k("attn"), drop_k("mlp")],
-            )
+            let attn = (0..n).map(|i| (format!("attn.{i}"), legal.attn[i]));
+            let mlp = (0..n).map(|i| (format!("mlp.{i}"), legal.mlp[i]));
+            vec![group("attn", attn.collect()), group("mlp", mlp.collect())]
         };
-        for (g, group) in groups.iter().enumerate() {
-            let droppable = units.iter().filter(|u| u.group == g && u.levels[1].legal);
-            let droppable = droppable.count();
-            if k > droppable {
-                return Err(Error::Invalid(format!(
-                    "depth pruning: k={k} {} must be dropped but only {droppable} of {n} may be",
-                    group.name
-                )));
-            }
-        }
-        SearchSpace::new(units, groups, Budget::ExactGroupSums { step: 1 })
+        Ok(SearchSpace::choose_k(groups)?)
     }
 
     /// The sub-blocks a genome of [`DepthLayout::space`] drops.
     pub fn drops(&self, genome: &Genome) -> DropMask {
-        let dropped = |i: usize| genome.0[i] == 1;
+        let dropped = |i: usize| genome.0[i] as i32 == ON;
         let n = self.n_blocks;
         if self.entire_block {
             let blocks: Vec<bool> = (0..n).map(dropped).collect();

@@ -2,16 +2,15 @@
 //! so that a killed run resumes and ends exactly where an uninterrupted one would.
 
 use super::config::SearchConfig;
-use super::evolve::{GenerationRecord, Search, SearchState};
+use super::evolve::{GenerationRecord, Search, SearchState, Seed};
 use super::space::{Genome, SearchSpace};
 use crate::error::{Error, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +21,9 @@ struct Checkpoint {
     generation: usize,
     population: Vec<Genome>,
     history: Vec<GenerationRecord>,
+    seeds: Vec<Seed>,
+    recent_parents: Vec<Genome>,
+    unchanged: usize,
     rng: RngState,
 }
 
@@ -72,26 +74,33 @@ pub(super) fn fingerprint(
 }
 
 impl Search<'_> {
-    /// Writes `state` to `path` through a temporary file, fsync and rename, so that the file
-    /// always holds a whole checkpoint even if the process dies mid-write.
-    pub fn save_checkpoint(&self, state: &SearchState, path: &Path) -> Result<()> {
+    /// The whole of `state` as JSON: what a caller writes atomically after every generation so
+    /// that a killed run resumes exactly where it stopped.
+    pub fn checkpoint_json(&self, state: &SearchState) -> Vec<u8> {
         let checkpoint = Checkpoint {
             format: FORMAT,
             fingerprint: format!("{:016x}", self.fingerprint),
             generation: state.generation,
             population: state.population.clone(),
             history: state.history.clone(),
+            seeds: state.seeds.clone(),
+            recent_parents: state.recent_parents.clone(),
+            unchanged: state.unchanged,
             rng: RngState::of(&state.rng),
         };
-        let json = serde_json::to_vec_pretty(&checkpoint).expect("checkpoints serialize");
-        write_atomically(path, &json)
+        serde_json::to_vec_pretty(&checkpoint).expect("checkpoints serialize")
     }
 
-    /// Loads a checkpoint written by a search with the same space, config (up to
+    /// Reads a checkpoint file written by a search with the same space, config (up to
     /// `generations`), calibration data and identity; refuses any other.
     pub fn resume(&self, path: &Path) -> Result<SearchState> {
         let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let checkpoint: Checkpoint = serde_json::from_str(&text)
+        self.resume_json(path, &text)
+    }
+
+    /// [`resume`](Self::resume) from the text of a checkpoint; `path` names it in errors.
+    pub fn resume_json(&self, path: &Path, text: &str) -> Result<SearchState> {
+        let checkpoint: Checkpoint = serde_json::from_str(text)
             .map_err(|e| Error::format(path, format!("not a search checkpoint: {e}")))?;
         if checkpoint.format != FORMAT {
             return Err(Error::format(
@@ -126,41 +135,12 @@ impl Search<'_> {
             generation: checkpoint.generation,
             population: checkpoint.population,
             history: checkpoint.history,
+            seeds: checkpoint.seeds,
+            recent_parents: checkpoint.recent_parents,
+            unchanged: checkpoint.unchanged,
             rng: checkpoint.rng.restore(),
         })
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::format(path, "a checkpoint path must name a file"))?;
-    let mut temp_name = file_name.to_owned();
-    temp_name.push(".tmp");
-    let temp = path.with_file_name(temp_name);
-    let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&temp, e))?;
-    fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
-    sync_parent_dir(path)
-}
-
-/// Makes the rename itself durable.
-#[cfg(unix)]
-fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_parent_dir(_path: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// Stores an `f64` as the string of its shortest round-trip decimal. serde_json's default

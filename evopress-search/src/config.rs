@@ -57,6 +57,42 @@ pub struct SearchConfig {
     /// Mutations tried per generation before giving up on finding `offspring` distinct ones.
     #[serde(default = "default_max_offspring_attempts")]
     pub max_offspring_attempts: usize,
+    /// Where the first parents come from: the backend's cheap baselines as seeds, random starts,
+    /// or both (the default). The best `population_size` on `initial_tokens` tokens start.
+    #[serde(default = "default_initial")]
+    pub initial: Vec<InitialSource>,
+    /// Drop a candidate as soon as its partial fitness already exceeds the totals of the
+    /// stage's survivors. Exact for non-negative fitness (KL, NLL): the survivors are the same
+    /// as with full scoring, only cheaper.
+    #[serde(default = "default_true")]
+    pub racing: bool,
+    /// After the last generation, the winner, the last `final_parents` distinct parents and
+    /// every seed are scored on `final_tokens` tokens (0: all calibration tokens) and the best
+    /// is returned, so noise in the stages cannot return something worse than a seed.
+    #[serde(default = "default_true")]
+    pub final_tournament: bool,
+    #[serde(default)]
+    pub final_tokens: usize,
+    #[serde(default = "default_final_parents")]
+    pub final_parents: usize,
+    /// Wall-clock budget for the whole run, e.g. `"20m"`, `"90s"`, `"1h"`: generations stop
+    /// when the next one (and the work after the last) would not fit. `generations` stays an
+    /// upper bound.
+    #[serde(default, with = "duration_text")]
+    pub time_budget: Option<f64>,
+    /// Stop early once the best parent has survived this many generations in a row.
+    #[serde(default)]
+    pub patience: Option<usize>,
+}
+
+/// A source of initial genomes (`[search] initial`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialSource {
+    /// The backend's cheap one-shot baselines, each as a seed genome.
+    Baselines,
+    /// `initially_generated` random legal genomes.
+    Random,
 }
 
 fn default_population_size() -> usize {
@@ -69,6 +105,62 @@ fn default_max_mutations() -> usize {
 
 fn default_max_offspring_attempts() -> usize {
     10_000
+}
+
+fn default_initial() -> Vec<InitialSource> {
+    vec![InitialSource::Baselines, InitialSource::Random]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_final_parents() -> usize {
+    4
+}
+
+/// `"20m"`-style durations as seconds.
+mod duration_text {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_str(&format!("{v}s")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text)
+            .map(Some)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Seconds in `"90s"`, `"20m"`, `"1.5h"` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> std::result::Result<f64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "time_budget `{text}`: unknown unit `{other}` (use s, m or h, e.g. \"20m\")"
+            ))
+        }
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
+        _ => Err(format!(
+            "time_budget `{text}` is not a positive duration (e.g. \"20m\", \"90s\", \"1h\")"
+        )),
+    }
 }
 
 fn invalid(msg: String) -> Error {
@@ -90,6 +182,13 @@ impl SearchConfig {
             seed: 0,
             invert_fitness: false,
             max_offspring_attempts: default_max_offspring_attempts(),
+            initial: default_initial(),
+            racing: true,
+            final_tournament: true,
+            final_tokens: 0,
+            final_parents: default_final_parents(),
+            time_budget: None,
+            patience: None,
         }
     }
 
@@ -126,6 +225,7 @@ impl SearchConfig {
     /// The checks that need nothing but the config itself.
     pub fn validate(&self) -> Result<()> {
         let at_least_one = [
+            ("generations", self.generations),
             ("offspring", self.offspring),
             ("population_size", self.population_size),
             ("max_mutations", self.max_mutations),
@@ -161,6 +261,14 @@ impl SearchConfig {
                 )));
             }
             candidates = stage.survivors;
+        }
+        if self.initial.is_empty() {
+            return Err(invalid(
+                "`initial` is empty: use \"baselines\", \"random\" or both".into(),
+            ));
+        }
+        if self.patience == Some(0) {
+            return Err(invalid("`patience` must be at least 1".into()));
         }
         if self.max_offspring_attempts < self.offspring {
             return Err(invalid(format!(

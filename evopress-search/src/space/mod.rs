@@ -1,25 +1,20 @@
 //! What the search chooses from: units, each with its ordered levels, the budget groups they
 //! belong to, and the rule that keeps the budget exact.
 //!
-//! The three problems of the original map onto two budget rules:
-//! - depth, sparsity and quantization grouped by size or name keep every group's *sum of level
-//!   ids* fixed ([`Budget::ExactGroupSums`]): k dropped sub-blocks, `Σ level = 0`, or the group's
-//!   total bits;
-//! - quantization with `group_rule = none` keeps the total cost (bits) under a ceiling
-//!   ([`Budget::CostCeiling`]), because units of different sizes trade with each other.
+//! Every method's problem maps onto one of two budget rules:
+//! - keep every group's *sum of level ids* fixed ([`Budget::ExactGroupSums`]): k dropped
+//!   sub-blocks, `Σ level = 0` over sparsity levels, or a group's total bits;
+//! - keep the total cost under a ceiling ([`Budget::CostCeiling`]), where units of different
+//!   sizes trade with each other (bits or bytes over all layers).
 //!
-//! Each problem has its constructor: [`DepthLayout::space`], [`SearchSpace::sparsity`] and
-//! [`SearchSpace::quantization`].
+//! The method crates build their spaces with [`SearchSpace::new`].
 
 mod count;
-mod depth;
-mod quant;
 mod report;
-mod sparsity;
+mod shapes;
 
-pub use depth::{DepthLayout, DropMask};
-pub use quant::{GroupRule, QuantUnit};
 pub use report::{BudgetReport, GroupReport};
+pub use shapes::{ChooseK, OFF, ON};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

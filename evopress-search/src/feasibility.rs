@@ -1,7 +1,7 @@
 //! Up-front checks, so that a setup that could not run to the end fails before any work
 //! rather than erring (or, in the original, spinning) generations later (SPEC 4.7).
 
-use super::config::SearchConfig;
+use super::config::{InitialSource, SearchConfig};
 use super::init;
 use super::space::SearchSpace;
 use crate::error::{Error, Result};
@@ -13,13 +13,14 @@ pub(super) fn check(
 ) -> Result<()> {
     config.validate()?;
     enough_genomes(space, config)?;
-    let random_start = init::start_count(space) != Some(1);
+    let random_start =
+        init::start_count(space) != Some(1) && config.initial.contains(&InitialSource::Random);
     if random_start {
         enough_random_starts(space, config)?;
     }
     let available: usize = sample_lens.iter().sum();
     let stage_tokens = config.stages.iter().map(|s| s.tokens);
-    let initial_tokens = random_start.then_some(config.initial_tokens);
+    let initial_tokens = Some(config.initial_tokens);
     if let Some(tokens) = stage_tokens.chain(initial_tokens).find(|&t| t > available) {
         return Err(invalid(format!(
             "a stage asks for {tokens} tokens, but the {} calibration samples hold {available}",
@@ -55,11 +56,6 @@ fn enough_random_starts(space: &SearchSpace, config: &SearchConfig) -> Result<()
              `population_size` ({})",
             config.initially_generated, config.population_size
         )));
-    }
-    if config.initial_tokens == 0 {
-        return Err(invalid(
-            "the start is random, so `initial_tokens` must be set".into(),
-        ));
     }
     match init::start_count(space) {
         Some(starts) if starts < config.initially_generated as u128 => Err(invalid(format!(

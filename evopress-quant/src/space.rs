@@ -1,7 +1,8 @@
-//! Quantization (SPEC 3.3): one bit width per linear layer, budget in parameter-weighted bits.
+//! The bit-width search space (docs/level-schemes.md): one bit width per linear layer, the
+//! budget in parameter-weighted bits.
 
-use super::{Budget, Group, GroupStart, Level, SearchSpace, Unit};
-use crate::error::{Error, Result};
+use evopress_core::{Error, Result};
+use evopress_search::{Budget, Group, GroupStart, Level, SearchSpace, Unit};
 use serde::{Deserialize, Serialize};
 
 /// How layers are grouped for bit trades (`--group_rule`).
@@ -26,76 +27,74 @@ pub struct QuantUnit {
     pub bits: Vec<i32>,
 }
 
-impl SearchSpace {
-    /// The space of bit widths averaging `target_bits` per weight. Each group starts exactly on
-    /// target where its bit widths allow (branch `fused_proj_search`'s rule: a target between
-    /// widths lo < t < hi puts `ceil(|g|·(hi−t)/(hi−lo))` random units at lo, the rest at hi);
-    /// with [`GroupRule::None`] all start at the lowest width ≥ target and are lowered at random.
-    pub fn quantization(
-        mut units: Vec<QuantUnit>,
-        target_bits: f64,
-        rule: GroupRule,
-        step: i32,
-    ) -> Result<SearchSpace> {
-        let invalid = |msg: String| Err(Error::Invalid(format!("quantization space: {msg}")));
-        if !target_bits.is_finite() || target_bits <= 0.0 {
-            return invalid(format!(
-                "target {target_bits} bits is not a positive number"
-            ));
-        }
-        for unit in &mut units {
-            unit.bits.sort_unstable();
-            unit.bits.dedup();
-            if unit.bits.first().is_some_and(|&b| b < 0) {
-                return invalid(format!("layer `{}` has a negative bit width", unit.name));
-            }
-        }
-        let (names, group_of) = assign_groups(&units, rule)?;
-        let group_of = &group_of;
-        let members = |g: usize| (0..units.len()).filter(move |&u| group_of[u] == g);
-        let groups = names
-            .into_iter()
-            .enumerate()
-            .map(|(g, name)| {
-                let widths = common_widths(members(g).map(|u| &units[u].bits));
-                let start = match rule {
-                    GroupRule::None => lowest_at_least(&widths, target_bits),
-                    GroupRule::Size | GroupRule::Name => {
-                        exact_start(&widths, target_bits, members(g).count())
-                    }
-                };
-                let start = start.ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "quantization space: target {target_bits} bits is outside the bit \
-                         widths {widths:?} that every layer of group `{name}` has"
-                    ))
-                })?;
-                Ok(Group { name, start })
-            })
-            .collect::<Result<Vec<Group>>>()?;
-        let budget = match rule {
-            GroupRule::None => Budget::CostCeiling {
-                max_cost: units
-                    .iter()
-                    .map(|u| (u.numel as f64 * target_bits).floor() as u64)
-                    .sum(),
-                step,
-            },
-            GroupRule::Size | GroupRule::Name => Budget::ExactGroupSums { step },
-        };
-        let units = units
-            .into_iter()
-            .zip(group_of.iter().copied())
-            .map(|(unit, group)| Unit {
-                levels: (unit.bits.iter())
-                    .map(|&b| Level::new(b, unit.numel * b as u64))
-                    .collect(),
-                name: unit.name,
-                group,
-            })
-            .collect();
-        SearchSpace::new(units, groups, budget)
+/// The space of bit widths averaging `target_bits` per weight. Each group starts exactly on
+/// target where its bit widths allow (branch `fused_proj_search`'s rule: a target between
+/// widths lo < t < hi puts `ceil(|g|·(hi−t)/(hi−lo))` random units at lo, the rest at hi);
+/// with [`GroupRule::None`] all start at the lowest width ≥ target and are lowered at random.
+pub fn quantization_space(
+    mut units: Vec<QuantUnit>,
+    target_bits: f64,
+    rule: GroupRule,
+    step: i32,
+) -> Result<SearchSpace> {
+    let invalid = |msg: String| Err(Error::Invalid(format!("quantization space: {msg}")));
+    if !target_bits.is_finite() || target_bits <= 0.0 {
+        return invalid(format!(
+            "target {target_bits} bits is not a positive number"
+        ));
     }
+    for unit in &mut units {
+        unit.bits.sort_unstable();
+        unit.bits.dedup();
+        if unit.bits.first().is_some_and(|&b| b < 0) {
+            return invalid(format!("layer `{}` has a negative bit width", unit.name));
+        }
+    }
+    let (names, group_of) = assign_groups(&units, rule)?;
+    let group_of = &group_of;
+    let members = |g: usize| (0..units.len()).filter(move |&u| group_of[u] == g);
+    let groups = names
+        .into_iter()
+        .enumerate()
+        .map(|(g, name)| {
+            let widths = common_widths(members(g).map(|u| &units[u].bits));
+            let start = match rule {
+                GroupRule::None => lowest_at_least(&widths, target_bits),
+                GroupRule::Size | GroupRule::Name => {
+                    exact_start(&widths, target_bits, members(g).count())
+                }
+            };
+            let start = start.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "quantization space: target {target_bits} bits is outside the bit \
+                         widths {widths:?} that every layer of group `{name}` has"
+                ))
+            })?;
+            Ok(Group { name, start })
+        })
+        .collect::<Result<Vec<Group>>>()?;
+    let budget = match rule {
+        GroupRule::None => Budget::CostCeiling {
+            max_cost: units
+                .iter()
+                .map(|u| (u.numel as f64 * target_bits).floor() as u64)
+                .sum(),
+            step,
+        },
+        GroupRule::Size | GroupRule::Name => Budget::ExactGroupSums { step },
+    };
+    let units = units
+        .into_iter()
+        .zip(group_of.iter().copied())
+        .map(|(unit, group)| Unit {
+            levels: (unit.bits.iter())
+                .map(|&b| Level::new(b, unit.numel * b as u64))
+                .collect(),
+            name: unit.name,
+            group,
+        })
+        .collect();
+    Ok(SearchSpace::new(units, groups, budget)?)
 }
 
 /// Group names in order of first appearance, and each unit's group index.

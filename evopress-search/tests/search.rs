@@ -1,13 +1,14 @@
 //! The evolutionary search on synthetic fitness functions with known optima.
 
-use evopress_core::search::dp::dp_allocate;
-use evopress_core::search::init::random_start;
-use evopress_core::search::mutation::{mutate, switch_count};
-use evopress_core::search::{
-    DepthLayout, DropMask, Evaluator, GenerationEvent, Genome, GroupRule, Level, Observer,
-    QuantUnit, Search, SearchConfig, SearchSpace, SearchState, Stage, TokenBatch,
+use evopress_search::dp::dp_allocate;
+use evopress_search::init::random_start;
+use evopress_search::mutation::{check_random_walk, switch_count};
+use evopress_search::space::ChooseK;
+use evopress_search::{
+    Budget, Evaluator, GenerationEvent, Genome, Group, GroupStart, InitialSource, Level, Observer,
+    Result, Score, Search, SearchConfig, SearchSpace, SearchState, Seed, Stage, Stop, TokenBatch,
+    Unit,
 };
-use evopress_core::Result;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -15,12 +16,16 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 /// Scores a genome by a function of its level ids, plus `noise` times a value that depends on
-/// the stage's batch (so selection sees the fresh-token noise of a real fitness).
+/// the slice's sample (so selection sees the fresh-token noise of a real fitness). Every slice
+/// scores `fitness + noise` per position, so a batch's fitness is their token-weighted mean.
 struct Synthetic<'s, F> {
     space: &'s SearchSpace,
     fitness: F,
     noise: f64,
+    nonnegative: bool,
     stage_batches: Vec<TokenBatch>,
+    /// Slices scored, over all calls.
+    slices_scored: usize,
 }
 
 impl<'s, F: Fn(&[i32]) -> f64> Synthetic<'s, F> {
@@ -29,7 +34,9 @@ impl<'s, F: Fn(&[i32]) -> f64> Synthetic<'s, F> {
             space,
             fitness,
             noise: 0.0,
+            nonnegative: false,
             stage_batches: Vec::new(),
+            slices_scored: 0,
         }
     }
 }
@@ -40,16 +47,25 @@ impl<F: Fn(&[i32]) -> f64> Evaluator for Synthetic<'_, F> {
         Ok(())
     }
 
-    fn evaluate(&mut self, genome: &Genome, batch: &TokenBatch) -> Result<f64> {
+    fn score_slice(&mut self, genome: &Genome, batch: &TokenBatch, slice: usize) -> Result<Score> {
+        self.slices_scored += 1;
         let ids = self.space.level_ids(genome);
-        let batch_value = batch.slices[0].sample as f64;
+        let s = &batch.slices[slice];
         let genome_value: f64 = ids
             .iter()
             .enumerate()
             .map(|(i, &id)| (i * id as usize) as f64)
             .sum();
-        let wobble = (batch_value * 0.37 + genome_value * 0.11).sin();
-        Ok((self.fitness)(&ids) + self.noise * wobble)
+        let wobble = (s.sample as f64 * 0.37 + genome_value * 0.11).sin();
+        let per_position = (self.fitness)(&ids) + self.noise * wobble;
+        Ok(Score {
+            sum: per_position * s.tokens.len() as f64,
+            positions: s.tokens.len(),
+        })
+    }
+
+    fn sums_are_nonnegative(&self) -> bool {
+        self.nonnegative
     }
 }
 
@@ -64,8 +80,45 @@ fn run_to_end(
     evaluator: &mut impl Evaluator,
 ) -> SearchState {
     let search = Search::new(space, config, sample_lens).unwrap();
-    let state = search.initialize(evaluator, &mut ()).unwrap();
-    search.run(state, evaluator, &mut (), None).unwrap()
+    let mut state = search.initialize(Vec::new(), evaluator, &mut ()).unwrap();
+    search.run(&mut state, evaluator, &mut (), 0.0).unwrap();
+    state
+}
+
+/// `k` of `n` units dropped in one group, only where `may_drop`: the shape of whole-block
+/// depth pruning.
+fn choose_k_space(n: usize, k: usize, may_drop: impl Fn(usize) -> bool) -> SearchSpace {
+    SearchSpace::choose_k(vec![ChooseK {
+        name: "blocks".into(),
+        units: (0..n)
+            .map(|i| (format!("block.{i}"), may_drop(i)))
+            .collect(),
+        k,
+    }])
+    .unwrap()
+}
+
+/// Units of the given sizes at widths 2..=6 bits under a ceiling of `target` bits per weight,
+/// starting at the lowest width at or above it: the shape of a bit-width search over layers
+/// of different sizes.
+fn bit_ceiling_space(numels: &[u64], widths: &[i32], target: f64) -> SearchSpace {
+    let units = (numels.iter().enumerate())
+        .map(|(i, &n)| Unit {
+            name: format!("layers.{i}.proj"),
+            group: 0,
+            levels: widths
+                .iter()
+                .map(|&b| Level::new(b, n * b as u64))
+                .collect(),
+        })
+        .collect();
+    let base = *widths.iter().find(|&&b| b as f64 >= target).unwrap();
+    let max_cost = numels.iter().map(|&n| (n as f64 * target) as u64).sum();
+    let groups = vec![Group {
+        name: "all".into(),
+        start: GroupStart::uniform(base),
+    }];
+    SearchSpace::new(units, groups, Budget::CostCeiling { max_cost, step: 1 }).unwrap()
 }
 
 /// Every genome meeting the budget, by brute force over small spaces.
@@ -108,7 +161,7 @@ fn small_sparsity_space() -> SearchSpace {
             (format!("layer.{u}"), levels)
         })
         .collect();
-    SearchSpace::sparsity(units).unwrap()
+    SearchSpace::zero_sum(units).unwrap()
 }
 
 /// A config with the given stages as `(survivors, tokens)` and otherwise default settings.
@@ -119,6 +172,7 @@ fn config(generations: usize, offspring: usize, stages: &[(usize, usize)]) -> Se
         generations,
         offspring,
         stages: Stage::zip(&survivors, &tokens).unwrap(),
+        initial: vec![InitialSource::Random],
         ..SearchConfig::sparsity_defaults()
     }
 }
@@ -150,47 +204,22 @@ fn switch_count_follows_min_of_two_uniforms() {
     assert_eq!(counts[0], 0);
 }
 
-/// Walks `steps` mutations from a random start, checking legality and budget at every one.
-fn assert_walk_keeps_budget(space: &SearchSpace, seed: u64, steps: usize) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut genome = random_start(space, &mut rng).unwrap();
-    space.check_genome(&genome).unwrap();
-    for _ in 0..steps {
-        if let Some(child) = mutate(space, &genome, 3, &mut rng) {
-            let report = space.budget_report(&child);
-            assert!(report.holds, "budget broken: {report}");
-            assert!(report.illegal_units.is_empty(), "illegal: {report:?}");
-            genome = child;
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn depth_mutations_keep_k_drops(
-        n in 2usize..14, k_share in 0.0f64..1.0, entire_block: bool, mask: u32, seed: u64,
-    ) {
-        let legal = DropMask {
-            attn: (0..n).map(|i| mask >> i & 1 == 1 || i % 3 == 0).collect(),
-            mlp: (0..n).map(|i| mask >> (i + 14) & 1 == 1 || i % 3 == 0).collect(),
-        };
-        let layout = DepthLayout { n_blocks: n, entire_block };
-        let drops = layout.space(0, Some(&legal)).unwrap();
-        let droppable = drops.units().iter().filter(|u| u.levels[1].legal).count();
-        let per_group = droppable / drops.groups().len();
-        let k = ((per_group as f64) * k_share) as usize;
-        if let Ok(space) = layout.space(k, Some(&legal)) {
-            assert_walk_keeps_budget(&space, seed, 300);
-            let mask = layout.drops(&random_start(&space, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap());
-            prop_assert_eq!(mask.attn.iter().filter(|&&d| d).count(), k);
-            prop_assert_eq!(mask.mlp.iter().filter(|&&d| d).count(), k);
-        }
+    fn choose_k_mutations_keep_k(n in 2usize..14, k_share in 0.0f64..1.0, mask: u32, seed: u64) {
+        let may = |i: usize| mask >> i & 1 == 1 || i % 3 == 0;
+        let allowed = (0..n).filter(|&i| may(i)).count();
+        let k = ((allowed as f64) * k_share) as usize;
+        let space = choose_k_space(n, k, may);
+        check_random_walk(&space, seed, 300).unwrap();
+        let start = random_start(&space, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        prop_assert_eq!(space.level_ids(&start).iter().filter(|&&d| d == 1).count(), k);
     }
 
     #[test]
-    fn sparsity_mutations_keep_level_sum_zero(
+    fn zero_sum_mutations_keep_level_sum_zero(
         ranges in prop::collection::vec((0i32..5, 0i32..5, any::<bool>()), 2..12), seed: u64,
     ) {
         let units = ranges.iter().enumerate().map(|(u, &(below, above, capped))| {
@@ -200,30 +229,17 @@ proptest! {
             });
             (format!("layer.{u}"), levels.collect())
         });
-        let space = SearchSpace::sparsity(units.collect()).unwrap();
-        assert_walk_keeps_budget(&space, seed, 300);
+        let space = SearchSpace::zero_sum(units.collect()).unwrap();
+        check_random_walk(&space, seed, 300).unwrap();
     }
 
     #[test]
-    fn quantization_mutations_keep_bits(
-        layers in prop::collection::vec((0usize..3, 0usize..3), 2..16),
-        target in 2.0f64..6.0, rule in 0usize..3, step in 1i32..3, seed: u64,
+    fn cost_ceiling_mutations_stay_under_it(
+        sizes in prop::collection::vec(0usize..3, 2..16), target in 2.0f64..6.0, seed: u64,
     ) {
-        let units = layers.iter().enumerate().map(|(i, &(size, kind))| QuantUnit {
-            name: format!("layers.{i}.proj_{kind}"),
-            numel: 64 << size,
-            bits: vec![2, 3, 4, 5, 6],
-        });
-        let rule = [GroupRule::Size, GroupRule::Name, GroupRule::None][rule];
-        match SearchSpace::quantization(units.collect(), target, rule, step) {
-            Ok(space) => assert_walk_keeps_budget(&space, seed, 300),
-            // Name groups may mix sizes, which the budget cannot keep exact; steps of 2 bits
-            // may not get under a ceiling.
-            Err(e) => {
-                let e = e.to_string();
-                prop_assert!(e.contains("mixes layer sizes") || e.contains("over the ceiling"), "{}", e);
-            }
-        }
+        let numels: Vec<u64> = sizes.iter().map(|&s| 64 << s).collect();
+        let space = bit_ceiling_space(&numels, &[2, 3, 4, 5, 6], target);
+        check_random_walk(&space, seed, 300).unwrap();
     }
 }
 
@@ -236,37 +252,6 @@ fn legal_genome_count_matches_brute_force() {
     let restricted = restricted.unwrap();
     let count = all_genomes(&restricted).len() as u128;
     assert_eq!(restricted.legal_genome_count(), Some(count));
-}
-
-// --- initialisation -----------------------------------------------------------------------
-
-#[test]
-fn non_integer_quantization_starts_exactly_on_target_per_group() {
-    let attn = (0..128).map(|i| QuantUnit {
-        name: format!("layers.{i}.attn"),
-        numel: 4096,
-        bits: vec![2, 3, 4, 5, 6],
-    });
-    let mlp = (0..96).map(|i| QuantUnit {
-        name: format!("layers.{i}.mlp"),
-        numel: 11008,
-        bits: vec![2, 3, 4, 5, 6],
-    });
-    let space =
-        SearchSpace::quantization(attn.chain(mlp).collect(), 2.25, GroupRule::Size, 1).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let start = random_start(&space, &mut rng).unwrap();
-    let report = space.budget_report(&start);
-    assert!(report.holds);
-    let sums: Vec<i64> = report.groups.iter().map(|g| g.level_sum).collect();
-    assert_eq!(sums, [288, 216], "2.25 bits x 128 and x 96 units");
-    let ids = space.level_ids(&start);
-    assert!(ids.iter().all(|&b| b == 2 || b == 3));
-    assert_ne!(
-        start,
-        random_start(&space, &mut rng).unwrap(),
-        "the start is random"
-    );
 }
 
 // --- search -------------------------------------------------------------------------------
@@ -340,14 +325,8 @@ fn finds_the_optimum_of_an_interacting_fitness_that_dp_misses() {
 
 #[test]
 fn dp_meets_a_cost_ceiling_optimally() {
-    let units = (0..6)
-        .map(|i| QuantUnit {
-            name: format!("layers.{i}.proj"),
-            numel: [1024, 4096][i % 2],
-            bits: vec![2, 3, 4],
-        })
-        .collect();
-    let space = SearchSpace::quantization(units, 3.0, GroupRule::None, 1).unwrap();
+    let numels: Vec<u64> = (0..6).map(|i| [1024, 4096][i % 2]).collect();
+    let space = bit_ceiling_space(&numels, &[2, 3, 4], 3.0);
     let fitness = |ids: &[i32]| -> f64 {
         let weight = |i: usize| [3.0, 1.0, 5.0, 2.0, 0.5, 4.0][i] * [1.0, 4.0][i % 2];
         (0..ids.len())
@@ -382,15 +361,7 @@ fn block_drop_fitness(dropped: &[i32]) -> f64 {
 
 #[test]
 fn restricted_whole_block_search_finds_the_brute_force_optimum() {
-    let layout = DepthLayout {
-        n_blocks: 30,
-        entire_block: true,
-    };
-    let legal = DropMask {
-        attn: (0..30).map(|i| (10..20).contains(&i)).collect(),
-        mlp: vec![true; 30],
-    };
-    let space = layout.space(3, Some(&legal)).unwrap();
+    let space = choose_k_space(30, 3, |i| (10..20).contains(&i));
     assert_eq!(space.legal_genome_count(), Some(120));
     let mut optimum = (f64::INFINITY, Vec::new());
     for a in 10..20 {
@@ -407,18 +378,12 @@ fn restricted_whole_block_search_finds_the_brute_force_optimum() {
     }
     let config = SearchConfig {
         seed: 11,
+        initial: vec![InitialSource::Random],
         ..SearchConfig::depth_defaults(30, 3)
     };
     let mut evaluator = Synthetic::new(&space, block_drop_fitness);
     let state = run_to_end(&space, &config, &calibration(16, 8192), &mut evaluator);
     assert_eq!(space.level_ids(state.best()), optimum.1);
-    let drops = layout.drops(state.best());
-    assert_eq!(drops.attn, drops.mlp);
-    assert!(drops
-        .attn
-        .iter()
-        .enumerate()
-        .all(|(i, &d)| !d || (10..20).contains(&i)));
 }
 
 #[test]
@@ -457,14 +422,8 @@ fn population_search_keeps_distinct_parents_within_budget() {
 
 #[test]
 fn cost_ceiling_search_stays_under_the_bit_budget() {
-    let units = (0..12)
-        .map(|i| QuantUnit {
-            name: format!("layers.{i}.proj"),
-            numel: [1000, 3000, 5000][i % 3],
-            bits: vec![2, 3, 4, 5, 6],
-        })
-        .collect();
-    let space = SearchSpace::quantization(units, 3.5, GroupRule::None, 1).unwrap();
+    let numels: Vec<u64> = (0..12).map(|i| [1000, 3000, 5000][i % 3]).collect();
+    let space = bit_ceiling_space(&numels, &[2, 3, 4, 5, 6], 3.5);
     let fitness = |ids: &[i32]| {
         ids.iter()
             .enumerate()
@@ -486,11 +445,7 @@ fn cost_ceiling_search_stays_under_the_bit_budget() {
 
 #[test]
 fn stage_batches_hold_exact_token_counts_of_distinct_samples() {
-    let layout = DepthLayout {
-        n_blocks: 8,
-        entire_block: false,
-    };
-    let space = layout.space(2, None).unwrap();
+    let space = choose_k_space(8, 2, |_| true);
     let sample_lens: Vec<usize> = (0..40).map(|i| 100 + (i * 37) % 300).collect();
     let config = SearchConfig {
         initially_generated: 10,
@@ -518,14 +473,11 @@ fn stage_batches_hold_exact_token_counts_of_distinct_samples() {
 // --- determinism and checkpoints ------------------------------------------------------------
 
 fn noisy_depth_run(seed: u64) -> SearchState {
-    let layout = DepthLayout {
-        n_blocks: 12,
-        entire_block: false,
-    };
-    let space = layout.space(3, None).unwrap();
+    let space = choose_k_space(12, 3, |_| true);
     let config = SearchConfig {
         seed,
         generations: 8,
+        initial: vec![InitialSource::Random],
         ..SearchConfig::depth_defaults(12, 3)
     };
     let mut evaluator = Synthetic::new(&space, block_drop_fitness);
@@ -551,7 +503,7 @@ fn history_bits(state: &SearchState) -> Vec<(usize, u64, usize, u64)> {
 fn same_seed_gives_a_bit_identical_run() {
     let (first, second) = (noisy_depth_run(5), noisy_depth_run(5));
     assert_eq!(history_bits(&first), history_bits(&second));
-    assert_eq!(first, second);
+    assert_eq!(without_seconds(&first), without_seconds(&second));
     assert_ne!(history_bits(&first), history_bits(&noisy_depth_run(6)));
 }
 
@@ -559,25 +511,22 @@ fn same_seed_gives_a_bit_identical_run() {
 struct StopAfter(usize);
 
 impl Observer for StopAfter {
-    fn generation_finished(&mut self, event: &GenerationEvent) -> ControlFlow<()> {
-        if event.record.generation >= self.0 {
+    fn generation_finished(&mut self, event: &GenerationEvent) -> Result<ControlFlow<()>> {
+        Ok(if event.record.generation >= self.0 {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
-        }
+        })
     }
 }
 
 #[test]
 fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
-    let layout = DepthLayout {
-        n_blocks: 10,
-        entire_block: false,
-    };
-    let space = layout.space(3, None).unwrap();
+    let space = choose_k_space(10, 3, |_| true);
     let config = SearchConfig {
         seed: 9,
         generations: 12,
+        initial: vec![InitialSource::Random],
         ..SearchConfig::depth_defaults(10, 3)
     };
     let sample_lens = calibration(12, 4096);
@@ -588,24 +537,32 @@ fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
     };
     let uninterrupted = run_to_end(&space, &config, &sample_lens, &mut evaluator());
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("search.json");
+    let path = std::path::Path::new("search.json");
     let search = Search::new(&space, &config, &sample_lens).unwrap();
-    let state = search.initialize(&mut evaluator(), &mut ()).unwrap();
-    let stopped = search
-        .run(state, &mut evaluator(), &mut StopAfter(5), Some(&path))
+    let mut stopped = search
+        .initialize(Vec::new(), &mut evaluator(), &mut ())
         .unwrap();
-    assert_eq!(stopped.generation, 5);
+    let stop = search
+        .run(&mut stopped, &mut evaluator(), &mut StopAfter(5), 0.0)
+        .unwrap();
+    assert_eq!((stop, stopped.generation), (Stop::Interrupted, 5));
+    let json = String::from_utf8(search.checkpoint_json(&stopped)).unwrap();
 
     let search = Search::new(&space, &config, &sample_lens).unwrap();
-    let resumed = search.resume(&path).unwrap();
-    assert_eq!(resumed, stopped);
-    let finished = search
-        .run(resumed, &mut evaluator(), &mut (), Some(&path))
+    let mut resumed = search.resume_json(path, &json).unwrap();
+    assert_eq!(without_seconds(&resumed), without_seconds(&stopped));
+    search
+        .run(&mut resumed, &mut evaluator(), &mut (), 0.0)
         .unwrap();
-    assert_eq!(history_bits(&finished), history_bits(&uninterrupted));
-    assert_eq!(finished, uninterrupted);
-    assert!(!dir.path().join("search.json.tmp").exists());
+    assert_eq!(history_bits(&resumed), history_bits(&uninterrupted));
+    assert_eq!(without_seconds(&resumed), without_seconds(&uninterrupted));
+}
+
+/// The state with its wall-clock seconds zeroed: everything else is deterministic.
+fn without_seconds(state: &SearchState) -> SearchState {
+    let mut s = state.clone();
+    s.history.iter_mut().for_each(|r| r.seconds = 0.0);
+    s
 }
 
 #[test]
@@ -613,14 +570,16 @@ fn resume_refuses_a_checkpoint_of_another_config() {
     let space = small_sparsity_space();
     let config = small_search_config(3);
     let sample_lens = calibration(8, 1024);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("search.json");
+    let path = std::path::Path::new("search.json");
     let search = Search::new(&space, &config, &sample_lens).unwrap();
     let mut evaluator = Synthetic::new(&space, additive_fitness);
-    let state = search.initialize(&mut evaluator, &mut ()).unwrap();
-    search
-        .run(state, &mut evaluator, &mut (), Some(&path))
+    let mut state = search
+        .initialize(Vec::new(), &mut evaluator, &mut ())
         .unwrap();
+    search
+        .run(&mut state, &mut evaluator, &mut (), 0.0)
+        .unwrap();
+    let json = String::from_utf8(search.checkpoint_json(&state)).unwrap();
 
     let longer = SearchConfig {
         generations: 5,
@@ -628,7 +587,7 @@ fn resume_refuses_a_checkpoint_of_another_config() {
     };
     let extended = Search::new(&space, &longer, &sample_lens).unwrap();
     assert_eq!(
-        extended.resume(&path).unwrap().generation,
+        extended.resume_json(path, &json).unwrap().generation,
         3,
         "more generations may resume"
     );
@@ -638,12 +597,12 @@ fn resume_refuses_a_checkpoint_of_another_config() {
         ..config.clone()
     };
     let other = Search::new(&space, &reseeded, &sample_lens).unwrap();
-    let err = other.resume(&path).unwrap_err().to_string();
+    let err = other.resume_json(path, &json).unwrap_err().to_string();
     assert!(err.contains("different search space, config"), "{err}");
     let other_model = Search::new(&space, &config, &sample_lens)
         .unwrap()
         .with_identity("model=other");
-    assert!(other_model.resume(&path).is_err());
+    assert!(other_model.resume_json(path, &json).is_err());
 }
 
 #[test]
@@ -657,6 +616,14 @@ fn config_reads_from_toml_and_rejects_unknown_keys() {
     "#;
     let config: SearchConfig = toml::from_str(text).unwrap();
     assert_eq!(config, SearchConfig::depth_defaults(32, 4));
+    let budget: SearchConfig =
+        toml::from_str(&format!("{text}\ntime_budget = \"20m\"\npatience = 5\n")).unwrap();
+    assert_eq!(
+        (budget.time_budget, budget.patience),
+        (Some(1200.0), Some(5))
+    );
+    let bad = toml::from_str::<SearchConfig>(&format!("{text}\ntime_budget = \"20 parsecs\"\n"));
+    assert!(bad.unwrap_err().to_string().contains("unknown unit"));
     let typo = format!("{text}\nofspring = 3\n");
     let err = toml::from_str::<SearchConfig>(&typo)
         .unwrap_err()
@@ -675,16 +642,14 @@ fn search_error(space: &SearchSpace, config: &SearchConfig, sample_lens: &[usize
 
 #[test]
 fn infeasible_setups_are_refused_up_front() {
-    let layout = DepthLayout {
-        n_blocks: 30,
-        entire_block: true,
-    };
-    let legal = DropMask {
-        attn: (0..30).map(|i| i < 2).collect(),
-        mlp: vec![true; 30],
-    };
-    let err = layout.space(3, Some(&legal)).unwrap_err().to_string();
-    assert!(err.contains("k=3") && err.contains("only 2"), "{err}");
+    let err = SearchSpace::choose_k(vec![ChooseK {
+        name: "blocks".into(),
+        units: (0..30).map(|i| (format!("block.{i}"), i < 2)).collect(),
+        k: 3,
+    }])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("k = 3") && err.contains("only 2"), "{err}");
 
     let space = small_sparsity_space();
     let lens = calibration(8, 1024);
@@ -706,7 +671,7 @@ fn infeasible_setups_are_refused_up_front() {
     let too_many_tokens = config(3, 8, &[(2, 256), (1, 9000)]);
     assert!(search_error(&space, &too_many_tokens, &lens).contains("9000 tokens"));
 
-    let tiny = layout.space(1, Some(&legal)).unwrap();
+    let tiny = choose_k_space(30, 1, |i| i < 2);
     let err = search_error(&tiny, &SearchConfig::depth_defaults(30, 1), &lens);
     assert!(
         err.contains("2 legal genomes") && err.contains("offspring=32"),
@@ -719,13 +684,17 @@ fn too_few_reachable_offspring_is_an_error_not_a_hang() {
     // Two layers at 0..=4 bits summing to 4: five genomes, but from (2, 2) a single switch
     // only reaches (1, 3) and (3, 1).
     let units = (0..2)
-        .map(|i| QuantUnit {
+        .map(|i| Unit {
             name: format!("layers.{i}.proj"),
-            numel: 64,
-            bits: (0..=4).collect(),
+            group: 0,
+            levels: (0..=4).map(|b| Level::new(b, 64 * b as u64)).collect(),
         })
         .collect();
-    let space = SearchSpace::quantization(units, 2.0, GroupRule::Size, 1).unwrap();
+    let groups = vec![Group {
+        name: "all".into(),
+        start: GroupStart::uniform(2),
+    }];
+    let space = SearchSpace::new(units, groups, Budget::ExactGroupSums { step: 1 }).unwrap();
     let config = SearchConfig {
         max_mutations: 1,
         max_offspring_attempts: 500,
@@ -734,13 +703,207 @@ fn too_few_reachable_offspring_is_an_error_not_a_hang() {
     let lens = calibration(2, 64);
     let search = Search::new(&space, &config, &lens).unwrap();
     let mut evaluator = Synthetic::new(&space, additive_fitness);
-    let state = search.initialize(&mut evaluator, &mut ()).unwrap();
+    let mut state = search
+        .initialize(Vec::new(), &mut evaluator, &mut ())
+        .unwrap();
     let err = search
-        .run(state, &mut evaluator, &mut (), None)
+        .run(&mut state, &mut evaluator, &mut (), 0.0)
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("only 2 distinct offspring found after 500 attempts"),
         "{err}"
     );
+}
+
+// --- seeds, racing, the final tournament, stopping rules ------------------------------------
+
+/// A non-negative, noisy whole-block fitness over 12 blocks, k = 3.
+fn racing_setup(space: &SearchSpace) -> Synthetic<'_, fn(&[i32]) -> f64> {
+    let mut e: Synthetic<'_, fn(&[i32]) -> f64> = Synthetic::new(space, block_drop_fitness);
+    e.noise = 0.3;
+    e.nonnegative = true;
+    e
+}
+
+#[test]
+fn racing_keeps_the_same_survivors_for_less_work() {
+    let space = choose_k_space(12, 3, |_| true);
+    let lens: Vec<usize> = (0..24).map(|i| 200 + (i * 53) % 300).collect();
+    let base = SearchConfig {
+        seed: 4,
+        generations: 10,
+        initial: vec![InitialSource::Random],
+        ..config(10, 16, &[(3, 1500), (1, 3000)])
+    };
+    let run = |racing: bool| {
+        let config = SearchConfig {
+            racing,
+            initially_generated: 8,
+            initial_tokens: 1000,
+            ..base.clone()
+        };
+        let mut e = racing_setup(&space);
+        let state = run_to_end(&space, &config, &lens, &mut e);
+        (state, e.slices_scored)
+    };
+    let (raced, raced_slices) = run(true);
+    let (full, full_slices) = run(false);
+    let trajectory = |s: &SearchState| {
+        let fits: Vec<u64> = s.history.iter().map(|r| r.best_fitness.to_bits()).collect();
+        (s.population.clone(), fits)
+    };
+    assert_eq!(trajectory(&raced), trajectory(&full));
+    assert!(
+        raced_slices < full_slices,
+        "racing scored {raced_slices} slices, full scoring {full_slices}"
+    );
+    let tokens = |s: &SearchState| s.history.iter().skip(1).map(|r| r.tokens).sum::<u64>();
+    assert!(tokens(&raced) < tokens(&full));
+}
+
+#[test]
+fn seeds_enter_the_first_selection_with_their_fitness_recorded() {
+    let space = choose_k_space(12, 3, |_| true);
+    let ids =
+        |dropped: [usize; 3]| Genome((0..12).map(|i| u16::from(dropped.contains(&i))).collect());
+    let seeds = vec![
+        Seed {
+            name: "ends".into(),
+            genome: ids([0, 1, 11]),
+        },
+        Seed {
+            name: "middle".into(),
+            genome: ids([4, 5, 6]),
+        },
+        Seed {
+            name: "again".into(),
+            genome: ids([0, 1, 11]),
+        },
+    ];
+    let config = SearchConfig {
+        generations: 1,
+        initially_generated: 4,
+        initial_tokens: 512,
+        initial: vec![InitialSource::Baselines, InitialSource::Random],
+        ..config(1, 4, &[(1, 512)])
+    };
+    let lens = calibration(4, 512);
+    let search = Search::new(&space, &config, &lens).unwrap();
+    let mut e = Synthetic::new(&space, block_drop_fitness);
+    let state = search.initialize(seeds, &mut e, &mut ()).unwrap();
+    let record = &state.history[0];
+    assert_eq!(
+        record.evaluations,
+        2 + 4,
+        "two distinct seeds and four random starts"
+    );
+    let names: Vec<&str> = record.seeds.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ends=again", "middle"]);
+    let best_seed = record
+        .seeds
+        .iter()
+        .map(|s| s.fitness)
+        .fold(f64::INFINITY, f64::min);
+    assert!(record.best_fitness <= best_seed);
+    assert_eq!(state.seeds.len(), 2);
+
+    let only_random = SearchConfig {
+        initial: vec![InitialSource::Random],
+        ..config.clone()
+    };
+    let search = Search::new(&space, &only_random, &lens).unwrap();
+    let state = search
+        .initialize(state.seeds.clone(), &mut e, &mut ())
+        .unwrap();
+    assert!(state.seeds.is_empty() && state.history[0].seeds.is_empty());
+
+    let bad = vec![Seed {
+        name: "four drops".into(),
+        genome: ids([0, 1, 11]),
+    }]
+    .into_iter()
+    .map(|mut s| {
+        s.genome.0[5] = 1;
+        s
+    })
+    .collect();
+    let search = Search::new(&space, &config, &lens).unwrap();
+    let err = search
+        .initialize(bad, &mut e, &mut ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("seed `four drops`"), "{err}");
+}
+
+/// The guarantee of the final tournament: whatever noise did to the generations, the returned
+/// genome's fitness on the tournament tokens is at most every seed's on the same tokens.
+#[test]
+fn the_tournament_winner_is_no_worse_than_any_seed_on_its_tokens() {
+    let space = choose_k_space(12, 3, |_| true);
+    let lens: Vec<usize> = (0..16).map(|i| 128 + (i * 41) % 200).collect();
+    let (best, _) = brute_force_best(&space, block_drop_fitness);
+    // The brute-force optimum as a seed, and a noisy, short search that starts elsewhere too.
+    let seeds = vec![Seed {
+        name: "oracle".into(),
+        genome: best.clone(),
+    }];
+    for seed in 0..6 {
+        let config = SearchConfig {
+            seed,
+            generations: 4,
+            initially_generated: 6,
+            initial_tokens: 256,
+            final_tokens: 1500,
+            initial: vec![InitialSource::Baselines, InitialSource::Random],
+            ..config(4, 6, &[(1, 256)])
+        };
+        let search = Search::new(&space, &config, &lens).unwrap();
+        let mut e = racing_setup(&space);
+        e.noise = 2.0;
+        let mut state = search.initialize(seeds.clone(), &mut e, &mut ()).unwrap();
+        search.run(&mut state, &mut e, &mut (), 0.0).unwrap();
+        let t = search.final_tournament(&state, &mut e, &mut ()).unwrap();
+        assert_eq!(t.tokens, 1500);
+        let winner = t.best().fitness.unwrap();
+        let batch = evopress_search::batch::all_tokens(&lens, 1500);
+        e.begin_stage(&batch, &best).unwrap();
+        for s in &state.seeds {
+            let f = evopress_search::fitness(&mut e, &s.genome, &batch).unwrap();
+            assert!(winner <= f, "seed {}: winner {winner} > seed {f}", s.name);
+        }
+        assert!(t.entrants.iter().any(|x| x.name == "search"));
+    }
+}
+
+#[test]
+fn patience_and_time_budget_stop_a_run_early() {
+    let space = small_sparsity_space();
+    let lens = calibration(8, 1024);
+    let patient = SearchConfig {
+        patience: Some(3),
+        ..small_search_config(200)
+    };
+    let search = Search::new(&space, &patient, &lens).unwrap();
+    let mut e = Synthetic::new(&space, additive_fitness);
+    let mut state = search.initialize(Vec::new(), &mut e, &mut ()).unwrap();
+    assert_eq!(
+        search.run(&mut state, &mut e, &mut (), 0.0).unwrap(),
+        Stop::Converged
+    );
+    assert!(state.generation < 200 && state.unchanged == 3);
+
+    let timed = SearchConfig {
+        time_budget: Some(1e-9),
+        ..small_search_config(200)
+    };
+    let search = Search::new(&space, &timed, &lens).unwrap();
+    let mut state = search.initialize(Vec::new(), &mut e, &mut ()).unwrap();
+    search.step(&mut state, &mut e, &mut ()).unwrap();
+    state.history.last_mut().unwrap().seconds = 1.0;
+    assert_eq!(
+        search.run(&mut state, &mut e, &mut (), 0.0).unwrap(),
+        Stop::TimeBudget
+    );
+    assert_eq!(state.generation, 1);
 }

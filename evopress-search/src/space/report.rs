@@ -1,11 +1,11 @@
 //! A genome's budget, checked and spelled out for result files.
 
 use super::{Budget, Genome, SearchSpace};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Whether a genome meets the budget, with the numbers behind the verdict.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetReport {
     /// The budget rule holds: every group sum is on target, or the total cost is under the ceiling.
     pub holds: bool,
@@ -17,7 +17,7 @@ pub struct BudgetReport {
     pub illegal_units: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupReport {
     pub name: String,
     pub units: usize,

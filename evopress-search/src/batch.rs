@@ -1,4 +1,4 @@
-//! The calibration tokens of one selection stage (SPEC 4.2).
+//! The calibration tokens of one selection stage (docs/search.md).
 
 use rand::Rng;
 use std::ops::Range;
@@ -47,5 +47,24 @@ pub fn sample_batch(sample_lens: &[usize], tokens: usize, rng: &mut impl Rng) ->
         }
     }
     assert_eq!(missing, 0, "fewer calibration tokens than a stage asks for");
+    batch
+}
+
+/// The first `tokens` tokens of the calibration set: whole samples in order, the last one cut
+/// short (the final tournament's batch, the same every time).
+pub fn all_tokens(sample_lens: &[usize], tokens: usize) -> TokenBatch {
+    let mut batch = TokenBatch::default();
+    let mut missing = tokens;
+    for (sample, &len) in sample_lens.iter().enumerate() {
+        let taken = len.min(missing);
+        if taken == 0 {
+            break;
+        }
+        batch.slices.push(TokenSlice {
+            sample,
+            tokens: 0..taken,
+        });
+        missing -= taken;
+    }
     batch
 }

@@ -142,3 +142,25 @@ pub fn offspring(
     }
     Ok(children)
 }
+
+/// Walks `steps` random mutations from a random start and checks that every genome on the way
+/// is legal and within budget: the property every method's space must have, which a method
+/// crate can test its spaces with.
+pub fn check_random_walk(space: &SearchSpace, seed: u64, steps: usize) -> Result<()> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut genome = super::init::random_start(space, &mut rng)?;
+    space.check_genome(&genome)?;
+    for step in 0..steps {
+        if let Some(child) = mutate(space, &genome, 3, &mut rng) {
+            let report = space.budget_report(&child);
+            if !report.holds || !report.illegal_units.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "mutation {step} left the budget or legality: {report}"
+                )));
+            }
+            genome = child;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! A loaded model with the data a run needs: calibration windows and the dense targets on
+//! them (memory checked first), and held-out perplexity of any candidate.
+
+use crate::config::{CalibrationSection, EvalSection, FitnessSection};
+use crate::progress;
+use evopress_core::data::{self, NllSum};
+use evopress_core::evaluate::Calibration;
+use evopress_core::{load_model, Candidate, Error, LoadedModel, Result};
+use evopress_kernels::Device;
+use std::path::Path;
+
+const GB: f64 = 1e9;
+
+/// The model of a run and the device it runs on.
+pub struct Session<'d> {
+    pub loaded: LoadedModel,
+    pub dev: &'d dyn Device,
+    pub quiet: bool,
+}
+
+impl<'d> Session<'d> {
+    pub fn open(path: &Path, dev: &'d dyn Device, quiet: bool) -> Result<Self> {
+        let bar = progress::spinner(&format!("loading {}", path.display()), quiet);
+        let loaded = load_model(path)?;
+        bar.finish_and_clear();
+        Ok(Session { loaded, dev, quiet })
+    }
+
+    /// The calibration windows and the dense model's targets on them.
+    pub fn calibrate(
+        &self,
+        section: &CalibrationSection,
+        fitness: &FitnessSection,
+    ) -> Result<Calibration> {
+        let model = &self.loaded.model;
+        fitness.validate_for(model.vocab_size())?;
+        let bar = progress::spinner("tokenizing calibration files", self.quiet);
+        let samples = section.windows(self.loaded.tokenizer()?)?;
+        bar.finish_and_clear();
+        let kind = fitness.kind();
+        let positions: usize = samples.iter().map(|s| s.len() - 1).sum();
+        kind.check_target_memory(
+            positions,
+            model.vocab_size(),
+            (fitness.max_target_gb * GB) as usize,
+        )?;
+        let bar = progress::bar(samples.len(), "dense targets", self.quiet);
+        let cal = Calibration::new(model, self.dev, samples, kind, |i| {
+            bar.set_position(i as u64)
+        })?;
+        bar.finish_and_clear();
+        Ok(cal)
+    }
+
+    /// The held-out windows of `eval`, tokenized once.
+    pub fn held_out_windows(&self, eval: &EvalSection) -> Result<Vec<Vec<u32>>> {
+        let bar = progress::spinner("tokenizing held-out files", self.quiet);
+        let files =
+            crate::config::tokenize_files(&eval.files, "eval.files", self.loaded.tokenizer()?)?;
+        bar.finish_and_clear();
+        let windows = data::windows(&files, eval.seq_len, eval.windows)?;
+        Ok(windows.into_iter().map(<[u32]>::to_vec).collect())
+    }
+
+    /// Perplexity of `candidate` on held-out windows; a non-finite result is an error.
+    pub fn perplexity(
+        &self,
+        candidate: &Candidate,
+        windows: &[Vec<u32>],
+        what: &str,
+    ) -> Result<NllSum> {
+        let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let bar = progress::bar(refs.len(), what, self.quiet);
+        let sum = data::perplexity(&candidate.model, self.dev, &refs, &candidate.plan, |i| {
+            bar.set_position(i as u64)
+        })?;
+        bar.finish_and_clear();
+        if !sum.perplexity().is_finite() {
+            return Err(Error::Invalid(format!(
+                "{what}: the perplexity is {} (non-finite logits: check the weights and the \
+                 variant database for NaN or inf values)",
+                sum.perplexity()
+            )));
+        }
+        Ok(sum)
+    }
+}
