@@ -31,8 +31,7 @@ impl ConfigArgs {
 
 impl clap::Args for ConfigArgs {
     fn augment_args(mut cmd: Command) -> Command {
-        for m in METHODS {
-            let flag = m.config_flag();
+        for flag in METHODS.iter().filter_map(|m| m.config_flag()) {
             let mut arg = Arg::new(flag.long)
                 .long(flag.long)
                 .value_name("FILE")
@@ -61,7 +60,7 @@ impl FromArgMatches for ConfigArgs {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let files = (METHODS.iter().enumerate())
             .filter_map(|(i, method)| {
-                let f = m.get_one::<PathBuf>(method.config_flag().long)?;
+                let f = m.get_one::<PathBuf>(method.config_flag()?.long)?;
                 Some((i, f.clone()))
             })
             .collect();

@@ -82,9 +82,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BuildDb(a) => build_db::run(a),
         Command::Methods => {
             for m in METHODS {
-                let flag = m.config_flag();
                 println!("{:<8} {}", m.name(), m.about());
-                println!("         eval/convert flag: --{}", flag.long);
+                if let Some(flag) = m.config_flag() {
+                    println!("         eval/convert flag: --{}", flag.long);
+                }
                 if !m.database_kinds().is_empty() {
                     println!("         database kinds: {}", m.database_kinds().join(", "));
                 }

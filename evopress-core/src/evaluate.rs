@@ -85,6 +85,31 @@ impl Calibration {
     }
 }
 
+impl Calibration {
+    /// Like [`score_slice`](Self::score_slice), also returning the slice's summed negative
+    /// log-likelihood from the same logits (one LM head for both).
+    fn score_slice_and_nll<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        slice: &Slice,
+        normed: &[f32],
+    ) -> (f64, f64, usize) {
+        let vocab = model.vocab_size();
+        let tokens = &self.samples[slice.sample][slice.tokens.clone()];
+        let scored = tokens.len().saturating_sub(1);
+        let mut nll = 0.0;
+        let sum = model.sum_over_logits(dev, normed, scored, |start, logits| {
+            let next = &tokens[start + 1..start + 1 + logits.len() / vocab];
+            nll += evopress_kernels::cpu::reduce::log_softmax_nll(logits, vocab, next);
+            let pos0 = slice.tokens.start + start;
+            self.targets
+                .score_rows(slice.sample, pos0, logits, vocab, next)
+        });
+        (sum, nll, scored)
+    }
+}
+
 /// The parent's block inputs on a stage's slices: `inputs[slice][block]` is the residual
 /// stream entering `block` (the last entry is the stream leaving the last block). Empty when caching is disabled (then candidates run in full).
 pub struct StageCache {
@@ -183,6 +208,39 @@ impl StageCache {
             positions += s.positions;
         }
         Ok(sum / positions.max(1) as f64)
+    }
+
+    /// Token-averaged fitness and mean negative log-likelihood of a candidate over every
+    /// slice, from one forward (see [`score_slice`](Self::score_slice)).
+    pub fn fitness_and_nll<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        first_diff: usize,
+    ) -> Result<(f64, f64)> {
+        let (mut sum, mut nll, mut positions) = (0.0, 0.0, 0);
+        for (i, s) in self.slices.iter().enumerate() {
+            let toks = &cal.samples[s.sample][s.tokens.clone()];
+            let layout = Layout {
+                batch: 1,
+                seq: toks.len(),
+                pos0: 0,
+            };
+            let (mut h, from) = match self.inputs.get(i) {
+                Some(per_block) => (per_block[first_diff].clone(), first_diff),
+                _ => (model.embed(toks)?, 0),
+            };
+            model.run_blocks(dev, &mut h, layout, plan, from);
+            let normed = model.final_norm(dev, &h);
+            let (f, n, count) = cal.score_slice_and_nll(model, dev, s, &normed);
+            sum += f;
+            nll += n;
+            positions += count;
+        }
+        let per = positions.max(1) as f64;
+        Ok((sum / per, nll / per))
     }
 
     /// Whether this cache was built for `batch`.

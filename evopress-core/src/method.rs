@@ -48,8 +48,10 @@ pub trait Method: Sync {
         )))
     }
 
-    /// The `eval`/`convert` flag that applies one of this method's result files.
-    fn config_flag(&self) -> ConfigFlag;
+    /// The `eval`/`convert` flag that applies one of this method's result files; `None` for
+    /// a method whose results another method's flag reads (a database builder whose variants
+    /// share a format).
+    fn config_flag(&self) -> Option<ConfigFlag>;
 
     /// Applies a result file (the original EvoPress format or ours) to `candidate`: a drop
     /// plan, or linears swapped for variants of `database`. Returns what it measured.

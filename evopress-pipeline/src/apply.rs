@@ -17,7 +17,9 @@ impl Configs<'_> {
         let mut report = Report::default();
         let database = self.database.as_deref();
         for (method, file) in &self.files {
-            let flag = method.config_flag();
+            let flag = method.config_flag().ok_or_else(|| {
+                Error::Invalid(format!("method `{}` reads no result files", method.name()))
+            })?;
             if flag.needs_database && database.is_none() {
                 return Err(Error::Invalid(format!(
                     "--{} needs --database DIR: the variant database its levels come from",

@@ -9,8 +9,7 @@ use evopress_core::fsutil::{write_atomically, DirLock};
 use evopress_core::method::find_method;
 use evopress_core::{BaselineContext, Candidate, CompressionBackend, Error, Method, Result};
 use evopress_kernels::Device;
-use evopress_search::batch::all_tokens;
-use evopress_search::{Genome, Search, TokenBatch};
+use evopress_search::{Genome, TokenBatch};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -237,13 +236,7 @@ pub fn run_baselines(
     };
     let held_out = session.held_out_windows(&cfg.eval)?;
     let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
-    let lens = cal.sample_lens();
-    let search = Search::new(backend.space(), &cfg.search, &lens)?;
-    let tokens = match cfg.baselines.tokens {
-        0 => search.initial_tokens(),
-        t => t,
-    };
-    let batch = all_tokens(&lens, tokens);
+    let batch = cfg.baselines.batch(&cal.sample_lens());
     let computed = compute(&session, backend.as_ref(), &cal, &batch, &names)?;
     for c in &computed {
         if let Some(g) = &c.genome {

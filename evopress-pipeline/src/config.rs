@@ -166,16 +166,29 @@ pub struct BaselinesSection {
     /// (they are computed anyway when `[search] initial` seeds from them).
     #[serde(default = "default_true")]
     pub held_out: bool,
-    /// Calibration tokens baselines score on (0: the search's initial tokens).
-    #[serde(default)]
+    /// Calibration tokens baselines score on: the first `tokens` of the calibration set.
+    #[serde(default = "default_baseline_tokens")]
     pub tokens: usize,
+}
+
+fn default_baseline_tokens() -> usize {
+    2048
+}
+
+impl BaselinesSection {
+    /// The batch baselines score on: the first `tokens` calibration tokens, whole samples in
+    /// order (all of them when there are fewer).
+    pub fn batch(&self, sample_lens: &[usize]) -> evopress_search::TokenBatch {
+        let available: usize = sample_lens.iter().sum();
+        evopress_search::batch::all_tokens(sample_lens, self.tokens.min(available))
+    }
 }
 
 impl Default for BaselinesSection {
     fn default() -> Self {
         BaselinesSection {
             held_out: true,
-            tokens: 0,
+            tokens: default_baseline_tokens(),
         }
     }
 }

@@ -21,7 +21,6 @@ use evopress_core::fsutil::{write_atomically, DirLock};
 use evopress_core::method::find_method;
 use evopress_core::{CompressionBackend, Error, Method, Model, Result};
 use evopress_kernels::Device;
-use evopress_search::batch::all_tokens;
 use evopress_search::{
     BudgetReport, GenerationEvent, Observer, Search, SearchState, Seed, StageInfo, Stop, Tournament,
 };
@@ -220,7 +219,7 @@ impl Run<'_> {
         let (state, computed) = if resuming {
             (search.resume(&checkpoint)?, None)
         } else {
-            let computed = self.seeds(&search)?;
+            let computed = self.seeds()?;
             let seeds = (computed.iter())
                 .filter_map(|b| {
                     Some(Seed {
@@ -279,15 +278,7 @@ impl Run<'_> {
         };
         drop(evaluator);
         let search_seconds = state.seconds() + tournament_started.elapsed().as_secs_f64();
-        let result = self.finish(
-            &search,
-            &state,
-            stop,
-            tournament,
-            computed,
-            held_out,
-            search_seconds,
-        )?;
+        let result = self.finish(&state, stop, tournament, computed, held_out, search_seconds)?;
         Ok(SearchOutcome {
             out: self.out.to_path_buf(),
             stop,
@@ -296,17 +287,12 @@ impl Run<'_> {
         })
     }
 
-    /// Tokens baselines score on.
-    fn baseline_batch(&self, search: &Search) -> evopress_search::TokenBatch {
-        let tokens = match self.cfg.baselines.tokens {
-            0 => search.initial_tokens(),
-            t => t,
-        };
-        all_tokens(&self.cal.sample_lens(), tokens)
+    fn baseline_batch(&self) -> evopress_search::TokenBatch {
+        self.cfg.baselines.batch(&self.cal.sample_lens())
     }
 
     /// The method's cheap baselines (when seeding or scoring them), saved to `seeds.json`.
-    fn seeds(&self, search: &Search) -> Result<Vec<baselines::Computed>> {
+    fn seeds(&self) -> Result<Vec<baselines::Computed>> {
         let wanted = self
             .cfg
             .search
@@ -316,7 +302,7 @@ impl Run<'_> {
         if !wanted {
             return Ok(Vec::new());
         }
-        let batch = self.baseline_batch(search);
+        let batch = self.baseline_batch();
         let names: Vec<String> = (self.backend.baselines().into_iter())
             .filter(|b| b.cheap)
             .map(|b| b.name)
@@ -349,7 +335,6 @@ impl Run<'_> {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
-        search: &Search,
         state: &SearchState,
         stop: Stop,
         tournament: Option<Tournament>,
@@ -387,7 +372,7 @@ impl Run<'_> {
                     self.session,
                     backend,
                     self.cal,
-                    &self.baseline_batch(search),
+                    &self.baseline_batch(),
                 )?,
             };
             baselines::score_held_out(

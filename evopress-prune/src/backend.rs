@@ -1,7 +1,7 @@
 //! Depth pruning as a [`Method`]: k attention and k MLP sub-blocks dropped (or k whole
 //! blocks), optionally only where a legality mask allows. No database.
 
-use crate::baselines::{self, Scoring};
+use crate::baselines::{self, Scoring, SingleDrop};
 use crate::drop_config;
 use crate::evaluator::DepthEvaluator;
 use crate::space::{DepthLayout, DropMask};
@@ -12,9 +12,10 @@ use evopress_core::{
     Method, Model, Report, Result,
 };
 use evopress_kernels::Device;
-use evopress_search::{Evaluator, Genome, SearchSpace};
+use evopress_search::{Evaluator, Genome, SearchSpace, TokenBatch};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The original format's file name, rewritten every generation as the original does.
 pub const ORIGINAL_CONFIG: &str = "layer_drop_config.txt";
@@ -72,12 +73,12 @@ impl Method for Depth {
         )?))
     }
 
-    fn config_flag(&self) -> ConfigFlag {
-        ConfigFlag {
+    fn config_flag(&self) -> Option<ConfigFlag> {
+        Some(ConfigFlag {
             long: "drop-config",
             help: "drop the sub-blocks a depth config names (layer_drop_config.txt or our TOML)",
             needs_database: false,
-        }
+        })
     }
 
     fn apply_config(
@@ -118,6 +119,8 @@ pub struct DepthBackend {
     /// Which sub-blocks may be dropped.
     legal: DropMask,
     space: SearchSpace,
+    /// Single-drop scores by (sub-blocks?, batch): shared by the perplexity and KL baselines.
+    single: Mutex<Vec<(bool, TokenBatch, Arc<SingleDrop>)>>,
 }
 
 impl DepthBackend {
@@ -141,11 +144,33 @@ impl DepthBackend {
             k,
             legal,
             space,
+            single: Mutex::new(Vec::new()),
         })
     }
 
     pub fn layout(&self) -> DepthLayout {
         self.layout
+    }
+
+    /// The single-drop scores on the context's batch, computed once per batch.
+    fn single_drop(&self, ctx: &BaselineContext, sub_blocks: bool) -> Result<Arc<SingleDrop>> {
+        let mut memo = self.single.lock().expect("not poisoned");
+        if let Some((_, _, s)) = memo
+            .iter()
+            .find(|(sub, b, _)| *sub == sub_blocks && b == ctx.batch)
+        {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(baselines::single_drop(
+            ctx.model,
+            ctx.dev,
+            ctx.cal,
+            ctx.batch,
+            sub_blocks,
+            ctx.progress,
+        )?);
+        memo.push((sub_blocks, ctx.batch.clone(), s.clone()));
+        Ok(s)
     }
 
     fn candidate_of(&self, model: &Model, mask: &DropMask) -> Candidate {
@@ -245,6 +270,7 @@ impl CompressionBackend for DepthBackend {
                     known.join(", ")
                 ))
             })?;
+            let single = |sub: bool| self.single_drop(ctx, sub);
             let choice = baselines::score(
                 ctx.model,
                 ctx.dev,
@@ -253,6 +279,7 @@ impl CompressionBackend for DepthBackend {
                 scoring,
                 self.k,
                 &self.legal,
+                single,
             )?;
             let mut detail = toml::Table::new();
             let scores = choice.scores.iter().map(|&s| toml::Value::from(s));

@@ -117,7 +117,9 @@ pub struct Choice {
 }
 
 /// Runs a scoring baseline dropping `k` blocks (or k attention and k MLP sub-blocks) where
-/// `legal` allows, scoring on the tokens of `batch`.
+/// `legal` allows, scoring on the tokens of `batch`. The single-drop baselines read their
+/// scores from `single` (see [`single_drop`]), computed once for all of them.
+#[allow(clippy::too_many_arguments)]
 pub fn score<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
@@ -126,6 +128,7 @@ pub fn score<D: Device + ?Sized>(
     scoring: Scoring,
     k: usize,
     legal: &DropMask,
+    single: impl FnOnce(bool) -> Result<std::sync::Arc<SingleDrop>>,
 ) -> Result<Choice> {
     let n = model.layers.len();
     let scores = match scoring.score {
@@ -154,13 +157,8 @@ pub fn score<D: Device + ?Sized>(
                 }
             }
         }
-        Score::Perplexity | Score::Kl => {
-            let kind = match scoring.score {
-                Score::Kl => cal.kind,
-                _ => FitnessKind::Ppl,
-            };
-            single_drop_scores(model, dev, cal, batch, kind, scoring.sub_blocks)?
-        }
+        Score::Perplexity => single(scoring.sub_blocks)?.nll.clone(),
+        Score::Kl => single(scoring.sub_blocks)?.kl.clone(),
     };
     let mask = if scoring.sub_blocks {
         let attn = lowest_legal(&scores[..n], k, |b| legal.attn[b])?;
@@ -296,24 +294,37 @@ fn boundary_stats<D: Device + ?Sized>(
     Ok(s)
 }
 
-/// The fitness (`kind`: perplexity's mean NLL or KL) with each block, or each sub-block
-/// (attention ones first), dropped alone; every candidate runs from the block it drops.
-fn single_drop_scores<D: Device + ?Sized>(
+/// KL to the dense model and mean negative log-likelihood with each block, or each sub-block
+/// (attention ones first), dropped alone: the scores of the single-drop baselines, both from
+/// one forward per drop, each running from the block it drops.
+pub struct SingleDrop {
+    pub kl: Vec<f64>,
+    pub nll: Vec<f64>,
+}
+
+pub fn single_drop<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
     cal: &Calibration,
     batch: &TokenBatch,
-    kind: FitnessKind,
     sub_blocks: bool,
-) -> Result<Vec<f64>> {
+    progress: &dyn Fn(usize, usize),
+) -> Result<SingleDrop> {
     let n = model.layers.len();
-    // Perplexity needs no dense targets: score the same tokens without them.
-    let ppl;
-    let cal = if kind == FitnessKind::Ppl && cal.kind != FitnessKind::Ppl {
-        ppl = Calibration::new(model, dev, cal.samples.clone(), FitnessKind::Ppl, |_| {})?;
-        &ppl
+    // A perplexity-fitness run has no dense targets: make them for the batch's tokens.
+    let owned;
+    let (cal, batch) = if cal.kind == FitnessKind::Ppl {
+        let samples = (batch.slices.iter())
+            .map(|s| cal.samples[s.sample][s.tokens.clone()].to_vec())
+            .collect();
+        owned = Calibration::new(model, dev, samples, FitnessKind::Kl, |_| {})?;
+        let lens = owned.sample_lens();
+        (
+            &owned,
+            evopress_search::batch::all_tokens(&lens, lens.iter().sum()),
+        )
     } else {
-        cal
+        (cal, batch.clone())
     };
     let dense = vec![BlockPlan::FULL; n];
     let cache = StageCache::build(model, dev, cal, batch.slices.clone(), &dense, usize::MAX)?;
@@ -327,14 +338,19 @@ fn single_drop_scores<D: Device + ?Sized>(
         };
         (0..n).map(|b| (b, none)).collect()
     };
-    drops
-        .into_iter()
-        .map(|(b, p)| {
-            let mut plan = dense.clone();
-            plan[b] = p;
-            cache.fitness(model, dev, cal, &plan, b)
-        })
-        .collect()
+    let mut out = SingleDrop {
+        kl: Vec::with_capacity(drops.len()),
+        nll: Vec::with_capacity(drops.len()),
+    };
+    for (i, &(b, p)) in drops.iter().enumerate() {
+        let mut plan = dense.clone();
+        plan[b] = p;
+        let (kl, nll) = cache.fitness_and_nll(model, dev, cal, &plan, b)?;
+        out.kl.push(kl);
+        out.nll.push(nll);
+        progress(i + 1, drops.len());
+    }
+    Ok(out)
 }
 
 /// Brute force over every set of `k` whole blocks among `legal` by calibration fitness on

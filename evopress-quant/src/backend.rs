@@ -92,12 +92,12 @@ impl Method for Quant {
         Ok(Box::new(GptqBuilder::new(p)?))
     }
 
-    fn config_flag(&self) -> ConfigFlag {
-        ConfigFlag {
+    fn config_flag(&self) -> Option<ConfigFlag> {
+        Some(ConfigFlag {
             long: "quant-config",
             help: "per-layer bit widths (quant_config.txt or our TOML) over --database",
             needs_database: true,
-        }
+        })
     }
 
     fn apply_config(

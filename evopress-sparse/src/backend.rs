@@ -86,13 +86,13 @@ impl Method for Sparse {
         }
     }
 
-    fn config_flag(&self) -> ConfigFlag {
-        ConfigFlag {
+    fn config_flag(&self) -> Option<ConfigFlag> {
+        Some(ConfigFlag {
             long: "sparse-config",
             help: "prune the linears to the levels a sparsity config names (sparse_config.txt \
                    or our TOML), taken from --database",
             needs_database: true,
-        }
+        })
     }
 
     fn apply_config(

@@ -197,6 +197,23 @@ fn store_variant(
     })
 }
 
+/// Stores pruned versions of one unit as masked variants: each `(level id, pruned weights,
+/// extras)` becomes a bitmask plus its kept values in f16, with its zero count (after the f16
+/// rounding) and its `rel_error` on `h`. Any sparse builder (SparseGPT, Wanda, ...) ends here,
+/// so every sparse store has the same layout and can be searched by the same backend.
+pub fn masked_variants(
+    unit: &LinearUnit,
+    weight: &[f32],
+    h: &Hessian,
+    pruned: Vec<(i32, Vec<f32>, Map<String, Value>)>,
+) -> Result<Vec<Variant>> {
+    let meter = ErrorMeter::new(weight, unit.rows, unit.cols, h);
+    pruned
+        .into_iter()
+        .map(|(level, w, extra)| store_variant(unit, weight, w, &meter, level, extra))
+        .collect()
+}
+
 /// Every level of `unit` from one factorisation: `(level id, sparsity, extras)`.
 fn build_levels(
     unit: &LinearUnit,

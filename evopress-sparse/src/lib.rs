@@ -23,8 +23,8 @@ pub mod sparsegpt;
 
 pub use backend::{Sparse, SparseBackend, SparseParams};
 pub use builder::{
-    count_zeros, load_masked, outlier_ratios, OwlBuilder, OwlParams, SparseGptBuilder,
-    SparseGptParams,
+    count_zeros, load_masked, masked_variants, outlier_ratios, OwlBuilder, OwlParams,
+    SparseGptBuilder, SparseGptParams, MASKED_FORMAT,
 };
 pub use codec::{decode_into, encode, Encoded, ValueType, Values};
 pub use evopress_kernels::{MaskedMatrix, MaskedValues};
