@@ -1,6 +1,7 @@
 //! `evopress bench ...`: speed measurements whose numbers go into reports (never into tests).
 
 use anyhow::{Context, Result};
+use evopress_core::units::linear_units;
 use evopress_core::{load_model, BlockPlan, Model};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
 use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
@@ -23,8 +24,8 @@ pub struct SearchArgs {
     #[arg(long)]
     config: PathBuf,
     /// Generations to time (after the initial selection).
-    #[arg(long, default_value_t = 3)]
-    generations: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    generations: u32,
     #[arg(long)]
     json: bool,
 }
@@ -33,16 +34,20 @@ pub struct SearchArgs {
 pub struct ForwardArgs {
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value_t = 512)]
-    seq_len: usize,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    seq_len: u32,
     /// Timed repetitions (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 5)]
-    iters: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
     #[arg(long)]
     json: bool,
     /// Also time every device op over one more forward and print a per-op table.
     #[arg(long)]
     profile: bool,
+    /// Time the model these result files make (packed, masked or dropped) against the dense
+    /// model with its linears in f32, interleaved in one run.
+    #[command(flatten)]
+    configs: crate::configs::ConfigArgs,
 }
 
 pub fn run(c: Command) -> Result<()> {
@@ -64,46 +69,106 @@ fn forward_flops(m: &Model, t: usize) -> f64 {
     2.0 * linear * t as f64 + attn
 }
 
+/// The model with every linear unit's weights as owned dense f32: the reference forward a
+/// compressed model is timed against.
+fn dense_f32(model: &Model) -> Model {
+    let mut out = model.clone();
+    for unit in linear_units(model) {
+        let w = Weight::from_f32(unit.rows, unit.cols, unit.dense_weight(model));
+        evopress_core::build::swap_unit(&mut out.layers[unit.block], &unit, &w);
+    }
+    out
+}
+
+/// Bytes of a model's linear weights as they are stored.
+fn linear_bytes(model: &Model) -> u64 {
+    linear_units(model)
+        .iter()
+        .flat_map(|u| u.parts.iter().map(move |p| (u.block, p.kind)))
+        .map(|(b, kind)| model.linear(b, kind).weight.bytes() as u64)
+        .sum()
+}
+
 fn forward(a: ForwardArgs) -> Result<()> {
     let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let model = &loaded.model;
+    let seq_len = a.seq_len as usize;
     let vocab = model.vocab_size() as u32;
     // Deterministic pseudo-text: the speed of a dense forward does not depend on the ids.
-    let tokens: Vec<u32> = (0..a.seq_len as u32)
-        .map(|i| (i * 7919 + 13) % vocab)
-        .collect();
-    let plan = vec![BlockPlan::FULL; model.layers.len()];
-    let run_once = || -> Result<f64> {
+    let tokens: Vec<u32> = (0..seq_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let time = |m: &Model, plan: &[BlockPlan]| -> Result<f64> {
         let t0 = Instant::now();
-        let h = model.hidden_states(&Cpu, &tokens, 1, &plan)?;
-        std::hint::black_box(model.lm_head(&Cpu, &h));
+        let h = m.hidden_states(&Cpu, &tokens, 1, plan)?;
+        std::hint::black_box(m.lm_head(&Cpu, &h));
         Ok(t0.elapsed().as_secs_f64())
     };
-    run_once()?;
-    let mut times = (0..a.iters.max(1))
-        .map(|_| run_once())
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let full = vec![BlockPlan::FULL; model.layers.len()];
+    if !a.configs.is_empty() {
+        let (candidate, report) = a.configs.configs().apply(model)?;
+        let dense = dense_f32(model);
+        time(&dense, &full)?;
+        time(&candidate.model, &candidate.plan)?;
+        let (mut td, mut tc) = (Vec::new(), Vec::new());
+        for _ in 0..a.iters {
+            td.push(time(&dense, &full)?);
+            tc.push(time(&candidate.model, &candidate.plan)?);
+        }
+        let (md, mc) = (median(&mut td), median(&mut tc));
+        let n = seq_len as f64;
+        let (bd, bc) = (linear_bytes(&dense), linear_bytes(&candidate.model));
+        let out = serde_json::json!({
+            "seq_len": seq_len,
+            "threads": rayon::current_num_threads(),
+            "dense_f32_tokens_per_second": n / md,
+            "compressed_tokens_per_second": n / mc,
+            "compressed_over_dense": md / mc,
+            "dense_f32_linear_bytes": bd,
+            "compressed_linear_bytes": bc,
+            "report": report.fields,
+        });
+        if a.json {
+            println!("{out}");
+        } else {
+            println!(
+                "forward L={seq_len} threads={}: dense f32 {:.1} tokens/s, compressed {:.1} \
+                 tokens/s: {:.2}x; linear weights {bd} -> {bc} bytes",
+                rayon::current_num_threads(),
+                n / md,
+                n / mc,
+                md / mc
+            );
+            report.summary.iter().for_each(|l| println!("{l}"));
+        }
+        return Ok(());
+    }
+    time(model, &full)?;
+    let mut times = (0..a.iters)
+        .map(|_| time(model, &full))
         .collect::<Result<Vec<_>>>()?;
-    times.sort_by(f64::total_cmp);
     if a.profile {
         let dev = Profiled::default();
         let t0 = Instant::now();
-        let h = model.hidden_states(&dev, &tokens, 1, &plan)?;
+        let h = model.hidden_states(&dev, &tokens, 1, &full)?;
         let start = Instant::now();
         std::hint::black_box(model.lm_head(&Cpu, &h));
         dev.record("lm_head".into(), start.elapsed());
         dev.print(t0.elapsed());
     }
-    let median = times[times.len() / 2];
+    let median = median(&mut times);
     let threads = rayon::current_num_threads();
-    let tokens_per_s = a.seq_len as f64 / median;
-    let gflops = forward_flops(model, a.seq_len) / median / 1e9;
+    let tokens_per_s = seq_len as f64 / median;
+    let gflops = forward_flops(model, seq_len) / median / 1e9;
     let ceiling = fma_ceiling_gflops(threads);
     let peak_rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
     if a.json {
         println!(
             "{}",
             serde_json::json!({
-                "seq_len": a.seq_len, "threads": threads, "median_seconds": median,
+                "seq_len": seq_len, "threads": threads, "median_seconds": median,
                 "tokens_per_second": tokens_per_s, "gflops": gflops,
                 "fma_ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling,
                 "peak_rss_mb": peak_rss_mb,
@@ -111,9 +176,8 @@ fn forward(a: ForwardArgs) -> Result<()> {
         );
     } else {
         println!(
-            "forward L={} threads={threads}: {tokens_per_s:.1} tokens/s, {gflops:.1} GFLOP/s \
-             ({:.0}% of the measured FMA ceiling {ceiling:.1} GFLOP/s), median {median:.3}s",
-            a.seq_len,
+            "forward L={seq_len} threads={threads}: {tokens_per_s:.1} tokens/s, {gflops:.1} \
+             GFLOP/s ({:.0}% of the measured FMA ceiling {ceiling:.1} GFLOP/s), median {median:.3}s",
             100.0 * gflops / ceiling
         );
         if let Some(mb) = peak_rss_mb {
@@ -203,7 +267,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn search(a: SearchArgs) -> Result<()> {
-    let runs = evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations)?;
+    let runs = evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations as usize)?;
     if a.json {
         println!("{}", serde_json::to_string(&runs)?);
         return Ok(());

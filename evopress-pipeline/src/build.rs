@@ -106,12 +106,9 @@ pub fn run_build(
             let short = unit.rsplit('.').next().unwrap_or(unit);
             bar.set_message(format!("block {block}: {short}"));
         }
-        BuildEvent::BlockDone { block, seconds, .. } => {
+        BuildEvent::BlockDone { .. } => {
             close(&mut current, &mut unit_seconds);
             bar.inc(1);
-            if quiet {
-                eprintln!("block {block} built in {seconds:.1}s");
-            }
         }
     })?;
     bar.finish_and_clear();

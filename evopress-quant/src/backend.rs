@@ -119,6 +119,11 @@ impl Method for Quant {
 impl QuantBackend {
     /// Opens the database for `model` (every variant mapped once) and builds the space.
     pub fn open(model: &Model, params: QuantSearchParams) -> Result<Self> {
+        if params.random_candidates == 0 {
+            return Err(Error::Invalid(
+                "[backend] random_candidates must be at least 1".into(),
+            ));
+        }
         if params.count_overhead && params.group_rule != GroupRule::None {
             return Err(Error::Invalid(format!(
                 "[backend] count_overhead = true needs group_rule = \"none\" (the budget is a \
@@ -419,7 +424,7 @@ impl CompressionBackend for QuantBackend {
                 genome
             }
             "random" => {
-                let n = self.params.random_candidates.max(1);
+                let n = self.params.random_candidates;
                 let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
                 let starts =
                     evopress_search::init::distinct_random_starts(space, n, 100 * n, &mut rng)?;

@@ -5,7 +5,7 @@
 
 use crate::builder::{
     load_masked, outlier_ratios, OwlBuilder, OwlParams, SparseGptBuilder, SparseGptParams,
-    MASKED_FORMAT,
+    MASKED_FORMAT, OWL_BACKEND,
 };
 use evopress_core::build::VariantBuilder;
 use evopress_core::data;
@@ -54,7 +54,16 @@ impl Method for Sparse {
         let p: SparseParams = parse_section(section, "[backend] (kind = \"sparse\")")?;
         let mut backend = SparseBackend::open(model, &p.database)?;
         if let Some(owl) = &p.owl_database {
-            backend.owl = Some(SparseBackend::open(model, owl)?.table);
+            let table = SparseBackend::open(model, owl)?.table;
+            let built_by = &table.store().manifest().header.backend;
+            if built_by != OWL_BACKEND {
+                return Err(Error::Invalid(format!(
+                    "[backend] owl_database = \"{}\" is a `{built_by}` database, not an OWL one \
+                     (build one with [database] kind = \"owl\")",
+                    owl.display()
+                )));
+            }
+            backend.owl = Some(table);
         }
         Ok(Box::new(backend))
     }

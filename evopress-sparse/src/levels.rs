@@ -47,7 +47,11 @@ impl LevelScheme {
             return Err(SparseError::Sparsity(sparsity));
         }
         if weights_diff == 0 {
-            return Err(SparseError::Levels("weights_diff must be positive".into()));
+            return Err(SparseError::Levels(
+                "weights_diff = 0: it must be at least 1 (the number of weights one level step \
+                 zeroes or restores in every layer)"
+                    .into(),
+            ));
         }
         Ok(Self {
             sparsity,
