@@ -21,6 +21,7 @@ pub static METHODS: &[&dyn Method] = &[
     &evopress_prune::DEPTH,
     &evopress_sparse::SPARSE,
     &evopress_quant::QUANT,
+    &evopress_wanda::WANDA,
 ];
 
 #[derive(Parser)]
