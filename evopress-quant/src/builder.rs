@@ -10,6 +10,7 @@
 use crate::{GptqConfig, GptqHessian, PackedMatrix, QuantError, QuantSpec, RangeSearch};
 use evopress_core::build::{Variant, VariantBuilder};
 use evopress_core::calibrate::Hessian;
+use evopress_core::hessian::RelError;
 use evopress_core::store::{TensorData, UnitEntry, VariantStore};
 use evopress_core::units::LinearUnit;
 use evopress_core::{Error, Result};
@@ -209,16 +210,23 @@ impl VariantBuilder for GptqBuilder {
                 unit.name, h.dim, h.dim
             )));
         }
+        // GPTQ's rounding decisions cascade, so a last-bit change of `H` moves a 2-bit error by
+        // percents: the solver keeps the f32-rounded Hessian it has always been given, so that
+        // a resumed build and a rebuild reproduce the stored variants bit for bit.
         let h32: Vec<f32> = h.data.iter().map(|&v| v as f32).collect();
         let prepared = GptqHessian::new(&h32, cols, &self.params.gptq_config())
             .map_err(|e| quant_err(&unit.name, e))?;
+        let meter = RelError::new(weight, rows, cols, &h.data)
+            .map_err(|e| quant_err(&unit.name, e.into()))?;
         self.bits
             .par_iter()
             .map(|&bits| {
                 let q = prepared
                     .quantize(weight, rows, &self.params.spec(bits))
                     .map_err(|e| quant_err(&unit.name, e))?;
-                let rel_error = crate::rel_error(weight, &q.w_hat, rows, cols, &h32);
+                let rel_error = meter
+                    .of(&q.w_hat)
+                    .map_err(|e| quant_err(&unit.name, e.into()))?;
                 let mut extra = Map::new();
                 extra.insert("bits".into(), json!(bits));
                 extra.insert("group_size".into(), json!(self.params.group_size));

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Instant;
 
+use evopress_core::hessian::rel_error;
 use evopress_sparse::{
-    decode_into, encode, magnitude_prune, rel_error, LevelScheme, SparseGpt, SparseGptConfig,
-    ValueType,
+    decode_into, encode, magnitude_prune, LevelScheme, SparseGpt, SparseGptConfig, ValueType,
 };
 
 fn main() {

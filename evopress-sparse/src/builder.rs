@@ -22,12 +22,11 @@ use crate::SparseError;
 use evopress_core::build::{Variant, VariantBuilder};
 use evopress_core::calibrate::{BlockCalibrator, Hessian};
 use evopress_core::error::{Error, Result};
+use evopress_core::hessian::{HessianError, RelError};
 use evopress_core::model::Model;
 use evopress_core::store::{TensorData, UnitEntry, VariantDType, VariantStore};
 use evopress_core::units::{linear_units, LinearUnit};
 use evopress_kernels::{Buf, Device, MaskedValues, Weight};
-use faer::linalg::matmul::matmul;
-use faer::{Mat, Parallelism};
 use half::f16;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -91,75 +90,16 @@ fn sparse_err(unit: &str) -> impl Fn(SparseError) -> Error + '_ {
     move |e| Error::Invalid(format!("`{unit}`: {e}"))
 }
 
-/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` of many variants of one layer on the UNDAMPED Hessian (a zero
-/// diagonal set to 1, as the original's error estimator does, SPEC §6.4). The denominator is
-/// computed once; each numerator is one f32 GEMM `ΔW·H` reduced against `ΔW` in f64 (the f64
-/// reference [`rel_error`] agrees to ~1e-6 relative and costs 4-5× more per level).
-struct ErrorMeter {
-    rows: usize,
-    cols: usize,
-    h: Mat<f32>,
-    denom: f64,
-}
-
-impl ErrorMeter {
-    fn new(w: &[f32], rows: usize, cols: usize, hess: &Hessian) -> Self {
-        let mut h = Mat::<f32>::from_fn(cols, cols, |i, j| hess.data[i * cols + j] as f32);
-        for j in 0..cols {
-            if hess.data[j * cols + j] == 0.0 {
-                h.write(j, j, 1.0);
-            }
-        }
-        let mut m = ErrorMeter {
-            rows,
-            cols,
-            h,
-            denom: 1.0,
-        };
-        m.denom = m.quadratic_form(w);
-        m
-    }
-
-    /// `tr(M H Mᵀ)` of a row-major `[rows, cols]` matrix.
-    fn quadratic_form(&self, m: &[f32]) -> f64 {
-        let (rows, cols) = (self.rows, self.cols);
-        let a = Mat::<f32>::from_fn(rows, cols, |i, j| m[i * cols + j]);
-        let mut ah = Mat::<f32>::zeros(rows, cols);
-        matmul(
-            ah.as_mut(),
-            a.as_ref(),
-            self.h.as_ref(),
-            None,
-            1.0,
-            Parallelism::Rayon(0),
-        );
-        (0..cols)
-            .map(|j| {
-                let (x, y) = (ah.col_as_slice(j), a.col_as_slice(j));
-                x.iter()
-                    .zip(y)
-                    .map(|(&p, &q)| p as f64 * q as f64)
-                    .sum::<f64>()
-            })
-            .sum()
-    }
-
-    fn rel_error(&self, w: &[f32], w_hat: &[f32]) -> f64 {
-        let dw: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
-        if dw.iter().all(|&x| x == 0.0) {
-            return 0.0;
-        }
-        self.quadratic_form(&dw) / self.denom
-    }
+fn hessian_err(unit: &str) -> impl Fn(HessianError) -> Error + '_ {
+    move |e| Error::Invalid(format!("`{unit}`: {e}"))
 }
 
 /// One pruned version of `weight` as stored: the variant's parts, its relative error on `h`,
 /// and its zero count (after rounding to f16, i.e. what the forward pass multiplies).
 fn store_variant(
     unit: &LinearUnit,
-    weight: &[f32],
     pruned: Vec<f32>,
-    meter: &ErrorMeter,
+    meter: &RelError,
     level: i32,
     mut extra: Map<String, Value>,
 ) -> Result<Variant> {
@@ -169,7 +109,7 @@ fn store_variant(
     let rounded: Vec<f32> = pruned.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
     drop(pruned);
     let zeros = rounded.iter().filter(|&&x| x == 0.0).count();
-    let err = meter.rel_error(weight, &rounded);
+    let err = meter.of(&rounded).map_err(hessian_err(&unit.name))?;
     let enc = encode(&rounded, rows, cols, ValueType::F16).map_err(sparse_err(&unit.name))?;
     let mut tensors = Vec::with_capacity(2);
     if let Some(mask) = enc.mask() {
@@ -205,7 +145,7 @@ fn build_levels(
     let (rows, cols) = (unit.rows, unit.cols);
     let solver =
         SparseGpt::new(weight, rows, cols, &h.data, config).map_err(sparse_err(&unit.name))?;
-    let meter = ErrorMeter::new(weight, rows, cols, h);
+    let meter = RelError::new(weight, rows, cols, &h.data).map_err(hessian_err(&unit.name))?;
     // Distinct sparsities only once (OWL grids repeat them when a block's LOD is extreme).
     let mut distinct: Vec<f64> = levels.iter().map(|l| l.1).collect();
     distinct.sort_by(f64::total_cmp);
@@ -218,7 +158,6 @@ fn build_levels(
         let at = distinct.iter().position(|d| d == p).expect("listed");
         out.push(store_variant(
             unit,
-            weight,
             pruned[at].clone(),
             &meter,
             *id,
