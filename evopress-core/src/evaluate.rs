@@ -30,6 +30,7 @@ impl Calibration {
         mut progress: impl FnMut(usize),
     ) -> Result<Self> {
         let vocab = model.vocab_size();
+        kind.validate(vocab)?;
         let mut targets = DenseTargets::empty(kind, vocab);
         if kind != FitnessKind::Ppl {
             let plan = vec![BlockPlan::FULL; model.layers.len()];
@@ -37,6 +38,12 @@ impl Calibration {
                 let h = model.hidden_states(dev, s, 1, &plan)?;
                 let scored = s.len() - 1;
                 let logits = model.lm_head(dev, &h[..scored * model.hidden_size()]);
+                if let Some(x) = logits.iter().find(|x| !x.is_finite()) {
+                    return Err(Error::non_finite(
+                        format_args!("a dense logit of calibration sample {i}"),
+                        *x as f64,
+                    ));
+                }
                 targets.push(&logits, vocab);
                 progress(i + 1);
             }
@@ -152,7 +159,11 @@ impl StageCache {
             sum += s_sum;
             count += s_count;
         }
-        Ok(sum / count.max(1) as f64)
+        let fitness = sum / count.max(1) as f64;
+        if !fitness.is_finite() {
+            return Err(Error::non_finite("the candidate's fitness", fitness));
+        }
+        Ok(fitness)
     }
 }
 
