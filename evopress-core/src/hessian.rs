@@ -38,15 +38,12 @@ pub enum HessianError {
 }
 
 fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), HessianError> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(HessianError::Shape {
-            what,
-            expected,
-            got,
-        })
-    }
+    let wrong = HessianError::Shape {
+        what,
+        expected,
+        got,
+    };
+    (got == expected).then_some(()).ok_or(wrong)
 }
 
 /// The inputs never active during calibration (`H_jj == 0`). Nothing constrains their
