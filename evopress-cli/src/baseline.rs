@@ -1,4 +1,4 @@
-//! `evopress baseline drop`: the one-shot block-dropping baselines (SPEC §6.1-6.2) on the same
+//! `evopress baseline drop`: the one-shot block-dropping baselines (docs/baselines.md) on the same
 //! model, calibration data, k and held-out text as a search config, for a comparison table.
 
 use crate::run_config::{BackendSection, FitnessKindName, RunConfig};
@@ -16,7 +16,7 @@ pub enum Command {
     /// Drop k whole blocks chosen by a scoring method (k from the config's backend.sparsity).
     Drop(DropArgs),
     /// Uniform SparseGPT, DP over per-layer errors and OWL at a sparsity search config's
-    /// database (SPEC §6.3-6.5).
+    /// database (docs/baselines.md).
     Sparse(crate::baseline_sparse::SparseArgs),
     /// Bit-width baselines on a quant search config: uniform, best-of-32 random, DP.
     Quant(crate::quant::BaselineArgs),

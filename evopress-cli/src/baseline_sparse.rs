@@ -1,4 +1,4 @@
-//! `evopress baseline sparse`: the sparsity baselines (SPEC §6.3-6.5) on the same model,
+//! `evopress baseline sparse`: the sparsity baselines (docs/baselines.md) on the same model,
 //! database, calibration and held-out text as a sparsity search config:
 //!
 //! - `uniform`: every layer at level 0 (uniform SparseGPT, the search's start);

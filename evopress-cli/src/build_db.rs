@@ -49,11 +49,11 @@ pub struct DbConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DatabaseSection {
-    /// SparseGPT levels `s + ℓ·wd/N` (SPEC §3.2, §5.1).
+    /// SparseGPT levels `s + ℓ·wd/N` (docs/level-schemes.md).
     Sparsegpt(WithDir<SparseGptParams>),
-    /// OWL: SparseGPT at per-block sparsities for a λ × M grid (SPEC §6.3).
+    /// OWL: SparseGPT at per-block sparsities for a λ × M grid (docs/baselines.md).
     Owl(WithDir<OwlParams>),
-    /// GPTQ at several bit widths, bit-packed (SPEC §5.2).
+    /// GPTQ at several bit widths, bit-packed (docs/sparsegpt-gptq.md).
     Gptq(WithDir<evopress_quant::GptqParams>),
 }
 

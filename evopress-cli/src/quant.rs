@@ -1,5 +1,5 @@
-//! The quantization pieces of the CLI (SPEC §3.3, §6.4, §6.5): opening a GPTQ database as a
-//! search backend, the numbers `result.toml` adds for it, `evopress baseline quant`,
+//! The quantization pieces of the CLI (docs/level-schemes.md, docs/baselines.md): opening a GPTQ
+//! database as a search backend, the numbers `result.toml` adds for it, `evopress baseline quant`,
 //! `evopress bench quant` and the model `evopress eval --quant-config` runs.
 
 use crate::run_config::{BackendSection, RunConfig};

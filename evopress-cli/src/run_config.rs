@@ -124,7 +124,7 @@ pub enum BackendSection {
     Depth(DepthBackend),
     /// Unstructured sparsity over a SparseGPT database (`evopress build-db`).
     Sparse(SparseBackendSection),
-    /// Bit-width allocation over a GPTQ database (SPEC §3.3).
+    /// Bit-width allocation over a GPTQ database (docs/level-schemes.md).
     Quant(evopress_quant::QuantSearchParams),
 }
 

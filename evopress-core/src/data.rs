@@ -1,6 +1,6 @@
 //! Text files to token windows, and perplexity over them.
 //!
-//! The protocol is the original EvoPress's (and the reference numbers' in ASSETS.md): tokenize
+//! The protocol is the original EvoPress's (docs/perplexity-protocol.md): tokenize
 //! each file whole with no BOS and no special tokens, cut non-overlapping windows of `L` tokens
 //! from the start (the tail is dropped), score every token but the first of each window, and
 //! report `exp` of the mean natural-log NLL over all scored tokens.

@@ -3,7 +3,7 @@
 //! - `kl`: KL(dense || candidate) per position over the full vocabulary, averaged per token
 //!   (the original's `F.kl_div(log q, log p, log_target=True, reduction="batchmean")`);
 //! - `topk_kl`: the same over the dense model's top-k tokens only, both distributions
-//!   renormalised over that set (SPEC §2.3's "sparse KL");
+//!   renormalised over that set (docs/perplexity-protocol.md);
 //! - `ppl`: the candidate's perplexity (mean NLL; no dense targets needed).
 //!
 //! Dense targets are computed once per run and stored compactly: full logits in bf16 (half

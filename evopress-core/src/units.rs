@@ -1,4 +1,4 @@
-//! The compressible units of a model in the original's naming (SPEC §2.1), and the model
+//! The compressible units of a model in the original's naming (HF module names), and the model
 //! fingerprints a variant store is tied to.
 //!
 //! A unit is what a database holds variants of and what the search assigns a level to: one

@@ -1,4 +1,4 @@
-//! One-shot block-dropping baselines (SPEC §6.1-6.2). All drop whole blocks.
+//! One-shot block-dropping baselines (docs/baselines.md). All drop whole blocks.
 //!
 //! Hidden-state scores compare each block's input with its output *before* the final norm
 //! (the original compares the last block's pre-norm input with a post-norm output).
@@ -225,7 +225,7 @@ fn single_block_scores<D: Device>(model: &Model, dev: &D, cal: &Calibration) -> 
         .collect()
 }
 
-/// Brute force over every set of `k` whole blocks among `legal` (SPEC §6.2), by the
+/// Brute force over every set of `k` whole blocks among `legal`, by the
 /// calibration fitness. Returns the best configuration and its fitness.
 pub fn brute_force<D: Device>(
     model: &Model,

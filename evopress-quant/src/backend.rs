@@ -1,7 +1,7 @@
-//! Bit-width allocation (SPEC §3.3, §4.3c, §4.4) as a [`CompressionBackend`] over a GPTQ
-//! database: levels are the stored bit widths, candidates are the dense model with every
-//! linear swapped for a packed variant (a view into the store's maps), and the fitness is
-//! computed incrementally from the first block whose widths changed ([`SwapEvaluator`]).
+//! Bit-width allocation (docs/level-schemes.md, docs/search.md) as a [`CompressionBackend`] over a
+//! GPTQ database: levels are the stored bit widths, candidates are the dense model with every
+//! linear swapped for a packed variant (a view into the store's maps), and the fitness is computed
+//! incrementally from the first block whose widths changed ([`SwapEvaluator`]).
 
 use crate::builder::{load_packed, BACKEND};
 use evopress_core::evaluate::{Calibration, SwapEvaluator};
@@ -93,7 +93,7 @@ impl QuantBackend {
             .collect()
     }
 
-    /// The search space: widths averaging `target_bits` (SPEC §3.3), or with
+    /// The search space: widths averaging `target_bits` (docs/level-schemes.md), or with
     /// `count_overhead` the stored bits of each variant under the ceiling `target · numel`.
     pub fn space(&self) -> Result<SearchSpace> {
         let p = &self.params;
@@ -151,7 +151,7 @@ impl QuantBackend {
     }
 
     /// `errors[u][l]`: the manifest's relative error of unit `u` at the space's level `l`
-    /// (the DP baseline's input, SPEC §6.4).
+    /// (the DP baseline's input, docs/baselines.md).
     pub fn rel_errors(&self, space: &SearchSpace) -> Vec<Vec<f64>> {
         (space.units().iter().enumerate())
             .map(|(u, unit)| {

@@ -1,4 +1,4 @@
-//! The GPTQ database builder (SPEC §3.3, §5.2): every unit at every bit width from one
+//! The GPTQ database builder (docs/sparsegpt-gptq.md): every unit at every bit width from one
 //! factorised Hessian, stored as bit-packed codes with f16 scales and zeros, the way
 //! [`evopress_core::build::build_database`] persists variants.
 //!
@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 /// The backend name in a GPTQ store's manifest.
 pub const BACKEND: &str = "gptq";
 
-/// Which activations the blocks after a built block see (SPEC §2.4.4).
+/// Which activations the blocks after a built block see (docs/sparsegpt-gptq.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Propagation {

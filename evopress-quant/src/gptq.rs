@@ -1,5 +1,5 @@
 //! GPTQ: quantize a linear layer so that its outputs on the calibration inputs move as little
-//! as possible (SPEC §5.2, with the original's defects fixed).
+//! as possible (docs/sparsegpt-gptq.md, with the original's defects fixed).
 //!
 //! The objective for one row `w` of `W [rows, cols]` (rows are independent and share `H`):
 //!

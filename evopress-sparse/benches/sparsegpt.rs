@@ -122,7 +122,7 @@ fn main() {
             dense += de;
         }
         println!(
-            "codec, SPEC §3.2 scheme s = {s}, L = 8, default wd = {}: {:.4}x dense f16",
+            "codec, level scheme s = {s}, L = 8, default wd = {}: {:.4}x dense f16",
             scheme.weights_diff,
             stored as f64 / dense as f64
         );

@@ -1,6 +1,6 @@
-//! Unstructured sparsity as a [`CompressionBackend`] (SPEC §3.2, §4.3b): one unit per linear
-//! layer, its levels the database's, `Σ level = 0` held by the level-switch mutation, and
-//! candidates assembled by swapping views into the memory-mapped store.
+//! Unstructured sparsity as a [`CompressionBackend`] (docs/level-schemes.md, docs/search.md): one
+//! unit per linear layer, its levels the database's, `Σ level = 0` held by the level-switch
+//! mutation, and candidates assembled by swapping views into the memory-mapped store.
 
 use crate::builder::{load_masked, OWL_BACKEND, SPARSEGPT_BACKEND};
 use evopress_core::error::{Error, Result};

@@ -1,5 +1,5 @@
-//! The SparseGPT variant database (SPEC §3.2, §5.1) and the OWL database (SPEC §6.3) as
-//! [`VariantBuilder`]s of the core's block-wise build driver.
+//! The SparseGPT variant database (docs/sparsegpt-gptq.md) and the OWL database (docs/baselines.md)
+//! as [`VariantBuilder`]s of the core's block-wise build driver.
 //!
 //! ```text
 //! per unit (one linear, fused parts stacked):
@@ -45,11 +45,11 @@ fn default_rel_damp() -> f64 {
 fn default_block_size() -> usize {
     128
 }
-/// The original script's λ grid (SPEC §6.3).
+/// The original script's λ grid.
 fn default_owl_lambdas() -> Vec<f64> {
     vec![0.02, 0.05, 0.08, 0.1, 0.2]
 }
-/// The original script's M grid (SPEC §6.3).
+/// The original script's M grid.
 fn default_owl_ms() -> Vec<f64> {
     vec![3.0, 5.0, 7.0, 10.0]
 }
@@ -60,7 +60,8 @@ fn default_owl_ms() -> Vec<f64> {
 pub struct SparseGptParams {
     /// Target average sparsity `s` (level 0).
     pub sparsity: f64,
-    /// Weights per level step; default `int(0.5 · min(s, 1−s) / L · hidden²)` (SPEC §3.2).
+    /// Weights per level step; default `int(0.5 · min(s, 1−s) / L · hidden²)`
+    /// (docs/level-schemes.md).
     #[serde(default)]
     pub weights_diff: Option<u64>,
     #[serde(default = "default_num_levels")]
@@ -193,7 +194,7 @@ pub fn load_masked(store: &VariantStore, unit: &UnitEntry, level: i32) -> Result
         .map_err(|e| bad(e.to_string()))
 }
 
-/// SparseGPT levels `s + ℓ·wd/N` for every unit (SPEC §3.2).
+/// SparseGPT levels `s + ℓ·wd/N` for every unit (docs/level-schemes.md).
 pub struct SparseGptBuilder {
     pub params: SparseGptParams,
     pub scheme: LevelScheme,
@@ -262,7 +263,7 @@ impl VariantBuilder for SparseGptBuilder {
 }
 
 /// Outlier ratios `LOD_b(M)` of every block (`[block][m]`), from a dense calibration pass that
-/// keeps only the Hessians' diagonals (SPEC §6.3 pass 1).
+/// keeps only the Hessians' diagonals (OWL's pass 1, docs/baselines.md).
 pub fn outlier_ratios<D: Device>(
     model: &Model,
     dev: &D,
@@ -303,7 +304,7 @@ pub fn outlier_ratios<D: Device>(
 }
 
 /// One OWL variant per `(λ, M)` of the grid, level id `λ_idx·|M| + M_idx`; every unit of block
-/// `b` pruned by SparseGPT at `s_b(λ, M)` (SPEC §6.3 pass 2).
+/// `b` pruned by SparseGPT at `s_b(λ, M)` (OWL's pass 2).
 pub struct OwlBuilder {
     pub params: OwlParams,
     /// `lod[b][m_idx]`.

@@ -6,10 +6,10 @@
 //! the `[in, in]` Hessian `sum X^T X` of its inputs); the block-wise calibration engine that
 //! produces `H` and the store that persists the variants live elsewhere.
 //!
-//! - [`sparsegpt`]: SparseGPT (SPEC §5.1) and magnitude pruning.
-//! - [`levels`]: the original's `weights_diff` level scheme (SPEC §3.2).
+//! - [`sparsegpt`]: SparseGPT (docs/sparsegpt-gptq.md) and magnitude pruning.
+//! - [`levels`]: the original's `weights_diff` level scheme (docs/level-schemes.md).
 //! - [`codec`]: bitmask + kept values, for storing and streaming variants.
-//! - [`owl`]: OWL's per-block sparsities from outlier ratios (SPEC §6.3).
+//! - [`owl`]: OWL's per-block sparsities from outlier ratios (docs/baselines.md).
 //! - [`builder`]: the SparseGPT and OWL variant databases (core's block-wise build driver).
 //! - [`backend`]: the sparsity search backend over a database.
 

@@ -1,5 +1,5 @@
-//! SparseGPT ("FastOBC" in the original, SPEC §5.1): prune a linear layer to a target sparsity
-//! while compensating the error with the remaining weights, using the layer-input Hessian.
+//! SparseGPT ("FastOBC" in the original, docs/sparsegpt-gptq.md): prune a linear layer to a target
+//! sparsity while compensating the error with the remaining weights, using the layer-input Hessian.
 //!
 //! The problem, per row `w` of `W` (rows are independent): minimise the output error on the
 //! calibration inputs, `(w - w_hat) H (w - w_hat)^T` with `H = sum X^T X`, subject to the
@@ -77,9 +77,9 @@ impl SparseGpt {
     ///
     /// The Hessian is prepared by [`InverseFactor`] (docs/sparsegpt-gptq.md): dead inputs
     /// found (their weights are zeroed at every level above 0%), `H` damped by
-    /// `rel_damp * mean(diag H)` (a dead diagonal counting as 1), every all-zero column of `W` decoupled (its row and
-    /// column cut, diagonal 1) so it neither moves nor is moved, then `U`, the upper Cholesky
-    /// factor of `H^-1`, in f64.
+    /// `rel_damp * mean(diag H)` (a dead diagonal counting as 1), every all-zero column of `W`
+    /// decoupled (its row and column cut, diagonal 1) so it neither moves nor is moved, then `U`,
+    /// the upper Cholesky factor of `H^-1`, in f64.
     pub fn new<T: Copy + Into<f64>>(
         w: &[f32],
         rows: usize,

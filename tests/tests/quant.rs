@@ -1,6 +1,6 @@
-//! GPTQ database, quantized inference and bit-width allocation on the real demo model (SPEC
-//! §3.3, §5.2, §6.4): a small database (4 windows x 128 tokens, widths 2 and 4, groups of 64,
-//! quantized propagation) is built once and shared by the tests.
+//! GPTQ database, quantized inference and bit-width allocation on the real demo model
+//! (docs/sparsegpt-gptq.md, docs/level-schemes.md): a small database (4 windows x 128 tokens,
+//! widths 2 and 4, groups of 64, quantized propagation) is built once and shared by the tests.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The calibration tokens of one selection stage (SPEC 4.2).
+//! The calibration tokens of one selection stage (docs/search.md).
 
 use rand::Rng;
 use std::ops::Range;

@@ -1,4 +1,4 @@
-//! The (1+λ) evolutionary algorithm with multi-step selection (SPEC 4.1, 4.2).
+//! The (1+λ) evolutionary algorithm with multi-step selection (docs/search.md).
 
 use super::batch::{sample_batch, TokenBatch};
 use super::checkpoint::{exact_f64, fingerprint};
@@ -145,7 +145,7 @@ impl<'a> Search<'a> {
         self
     }
 
-    /// The starting population (SPEC 4.4): the single possible start where there is only one,
+    /// The starting population (docs/search.md): the single possible start where there is only one,
     /// else the best `population_size` of `initially_generated` random starts on
     /// `initial_tokens` tokens.
     pub fn initialize(

@@ -1,4 +1,4 @@
-//! The evolutionary search of EvoPress (SPEC 4), which knows nothing about transformers.
+//! The evolutionary search of EvoPress (docs/search.md), which knows nothing about transformers.
 //!
 //! A backend plugs in with two things:
 //! - a [`SearchSpace`]: its units, each with ordered [`Level`]s (id, cost, legality) and a

@@ -1,6 +1,6 @@
-//! The variant store: a database directory of compressed variants (SPEC §3.2/§3.3,
-//! DESIGN "VariantStore"), memory-mapped for reading, written atomically, resumable and
-//! checksummed. Backend-agnostic: a backend decides which tensors make up a variant.
+//! The variant store: a database directory of compressed variants (docs/variant-store.md),
+//! memory-mapped for reading, written atomically, resumable and checksummed. Backend-agnostic: a
+//! backend decides which tensors make up a variant.
 //!
 //! ```text
 //! <dir>/manifest.json              header, units and levels, files with xxh3, progress

@@ -1,4 +1,5 @@
-//! Depth pruning (SPEC 3.1): drop exactly k attention and k MLP sub-blocks, or k whole blocks.
+//! Depth pruning (docs/level-schemes.md): drop exactly k attention and k MLP sub-blocks, or k whole
+//! blocks.
 
 use super::{Budget, Genome, Group, GroupStart, Level, SearchSpace, Unit};
 use crate::error::{Error, Result};

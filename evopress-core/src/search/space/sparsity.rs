@@ -1,5 +1,5 @@
-//! Unstructured sparsity (SPEC 3.2): one level step moves the same number of weights in every
-//! layer, so any layer may trade a step with any other and `Σ level = 0` keeps the global
+//! Unstructured sparsity (docs/level-schemes.md): one level step moves the same number of weights
+//! in every layer, so any layer may trade a step with any other and `Σ level = 0` keeps the global
 //! sparsity exact.
 
 use super::{Budget, Group, GroupStart, Level, SearchSpace, Unit};
