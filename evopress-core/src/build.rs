@@ -1,7 +1,7 @@
-//! Building a variant database (SPEC §2.4, §5): the calibration engine walks the model block by
-//! block, a [`VariantBuilder`] turns each linear's dense weight and input Hessian into its
-//! compressed variants (SparseGPT levels, GPTQ bit widths), and the store persists one block at
-//! a time, so a killed build resumes at the first block not on disk and never redoes one.
+//! Building a variant database (docs/variant-store.md): the calibration engine walks the model
+//! block by block, a [`VariantBuilder`] turns each linear's dense weight and input Hessian into its
+//! compressed variants (SparseGPT levels, GPTQ bit widths), and the store persists one block at a
+//! time, so a killed build resumes at the first block not on disk and never redoes one.
 //!
 //! ```text
 //! for each block b:
@@ -55,7 +55,8 @@ pub trait VariantBuilder: Sync {
     /// the Hessian of its inputs.
     fn build_unit(&self, unit: &LinearUnit, weight: &[f32], h: &Hessian) -> Result<Vec<Variant>>;
     /// The level whose variants stand in for the block's units when the next blocks' inputs
-    /// are computed (GPTQ's quantized propagation, SPEC §2.4.4); `None` propagates dense.
+    /// are computed (GPTQ's quantized propagation, docs/sparsegpt-gptq.md); `None` propagates
+    /// dense.
     fn propagation_level(&self) -> Option<i32> {
         None
     }

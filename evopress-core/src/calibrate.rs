@@ -1,4 +1,4 @@
-//! The block-wise calibration engine (SPEC §2.4), shared by the SparseGPT and GPTQ
+//! The block-wise calibration engine (docs/sparsegpt-gptq.md), shared by the SparseGPT and GPTQ
 //! database builders.
 //!
 //! The model runs one block at a time over every calibration window. Only one
@@ -39,7 +39,7 @@ impl Hessian {
 }
 
 /// The four Hessians of one block, from one pass over its inputs (all units of a block use
-/// the same pass, SPEC §2.4.3).
+/// the same pass).
 #[derive(Clone, Debug)]
 pub struct BlockHessians {
     pub block: usize,
@@ -71,7 +71,7 @@ pub struct BlockCalibrator<'m, D: Device + ?Sized> {
 }
 
 impl<'m, D: Device + ?Sized> BlockCalibrator<'m, D> {
-    /// Embeds every window (tokens as given: no BOS is added, SPEC §2.2).
+    /// Embeds every window (tokens as given: no BOS is added).
     pub fn new(model: &'m Model, dev: &'m D, windows: Vec<Vec<u32>>) -> Result<Self> {
         if windows.is_empty() {
             return Err(Error::Invalid(

@@ -138,9 +138,20 @@ impl ModelConfig {
             Some(v) if rope_type(v) != "default" => Some(parse_rope_scaling(path, v)?),
             _ => None,
         };
-        let rope_theta = hf
-            .rope_theta
-            .or_else(|| params?.get("rope_theta")?.as_f64().map(|t| t as f32));
+        let nested_theta = params
+            .and_then(|p| p.get("rope_theta")?.as_f64())
+            .map(|t| t as f32);
+        let rope_theta = hf.rope_theta.or(nested_theta);
+        // Where a field that fails validation came from.
+        let theta_nested = hf.rope_theta.is_none() && nested_theta.is_some();
+        let head_dim_derived = hf.head_dim.is_none();
+        let key = move |field: &str| match field {
+            "rope_theta" if theta_nested => "rope_parameters.rope_theta".to_string(),
+            "head_dim" if head_dim_derived => {
+                "head_dim (hidden_size / num_attention_heads)".to_string()
+            }
+            _ => field.to_string(),
+        };
         let cfg = ModelConfig {
             arch,
             hidden_size: hf.hidden_size,
@@ -162,19 +173,31 @@ impl ModelConfig {
             bos_token_id: first_id(&hf.bos_token_id),
             eos_token_id: first_id(&hf.eos_token_id),
         };
-        cfg.validate(path)?;
+        cfg.validate(path, &key)?;
         Ok(cfg)
     }
 
-    /// Checks the internal consistency the forward pass relies on.
-    pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |key: &str, msg: String| Error::Config {
+    /// Checks the internal consistency the forward pass relies on. `key` names where a field
+    /// came from (its HF `config.json` key, or the GGUF metadata key it was read or derived
+    /// from), so an error points at the value to fix.
+    pub fn validate(&self, path: &Path, key: &dyn Fn(&str) -> String) -> Result<()> {
+        let bad = |field: &str, msg: String| Error::Config {
             path: path.into(),
-            key: key.into(),
+            key: key(field),
             msg,
         };
-        if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
-            return Err(bad("num_attention_heads", "must be positive".into()));
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be positive".into()));
+            }
         }
         if !self
             .num_attention_heads
@@ -183,7 +206,7 @@ impl ModelConfig {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
-                    "{} does not divide num_attention_heads {}",
+                    "{} does not divide the {} attention heads",
                     self.num_key_value_heads, self.num_attention_heads
                 ),
             ));
@@ -194,14 +217,14 @@ impl ModelConfig {
                 format!("{} must be even for RoPE", self.head_dim),
             ));
         }
-        for (key, v) in [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("vocab_size", self.vocab_size),
+        // Both enter the forward pass as divisors or exponents: a zero, negative or NaN value
+        // turns every logit into NaN or inf.
+        for (field, v) in [
+            ("rope_theta", self.rope_theta),
+            ("rms_norm_eps", self.rms_norm_eps),
         ] {
-            if v == 0 {
-                return Err(bad(key, "must be positive".into()));
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(field, format!("{v} must be a positive, finite number")));
             }
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! Text files to token windows, and perplexity over them.
 //!
-//! The protocol is the original EvoPress's (and the reference numbers' in ASSETS.md): tokenize
+//! The protocol is the original EvoPress's (docs/perplexity-protocol.md): tokenize
 //! each file whole with no BOS and no special tokens, cut non-overlapping windows of `L` tokens
 //! from the start (the tail is dropped), score every token but the first of each window, and
 //! report `exp` of the mean natural-log NLL over all scored tokens.
@@ -40,6 +40,11 @@ pub fn windows(
         return Err(Error::Invalid(format!(
             "sequence length {seq_len} is too short: at least 2 tokens are needed to score one"
         )));
+    }
+    if limit == Some(0) {
+        return Err(Error::Invalid(
+            "0 evaluation windows asked for: at least 1 is needed to score a perplexity".into(),
+        ));
     }
     let mut out = Vec::new();
     for f in files {
@@ -95,13 +100,17 @@ pub fn window_nll<D: Device + ?Sized>(
         let next = &window[start + 1..start + 1 + logits.len() / vocab];
         evopress_kernels::cpu::reduce::log_softmax_nll(logits, vocab, next)
     });
+    if !nll.is_finite() {
+        return Err(Error::non_finite("the summed NLL of a window", nll));
+    }
     Ok(NllSum {
         nll,
         tokens: scored,
     })
 }
 
-/// Perplexity over windows, calling `progress` after each one.
+/// Perplexity over windows, calling `progress` after each one. The result's
+/// [`NllSum::perplexity`] is finite: no window, or a NaN or infinite score, is an error.
 pub fn perplexity<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
@@ -109,10 +118,21 @@ pub fn perplexity<D: Device + ?Sized>(
     plan: &[BlockPlan],
     mut progress: impl FnMut(usize),
 ) -> Result<NllSum> {
+    if windows.is_empty() {
+        return Err(Error::Invalid(
+            "no evaluation windows: a perplexity needs at least one".into(),
+        ));
+    }
     let mut total = NllSum::default();
     for (i, w) in windows.iter().enumerate() {
-        total.add(window_nll(model, dev, w, plan)?);
+        let nll = window_nll(model, dev, w, plan)
+            .map_err(|e| Error::Invalid(format!("evaluation window {i}: {e}")))?;
+        total.add(nll);
         progress(i + 1);
+    }
+    let ppl = total.perplexity();
+    if !ppl.is_finite() {
+        return Err(Error::non_finite("the perplexity", ppl));
     }
     Ok(total)
 }

@@ -68,4 +68,15 @@ impl Error {
             msg: msg.into(),
         }
     }
+
+    /// A score (`what`: a perplexity, a fitness, a window's NLL) came out NaN or infinite:
+    /// never printed as a number, always this error with the likely causes.
+    pub fn non_finite(what: impl std::fmt::Display, value: f64) -> Self {
+        Error::Invalid(format!(
+            "{what} is {value}: the model's logits overflowed or are NaN. Likely causes: NaN \
+             or inf in the weights or in a compressed variant, activations overflowing f32 \
+             (a broken or mis-scaled checkpoint), or a config value such as rope_theta or \
+             rms_norm_eps out of range"
+        ))
+    }
 }

@@ -33,6 +33,7 @@ impl Calibration {
         mut progress: impl FnMut(usize),
     ) -> Result<Self> {
         let vocab = model.vocab_size();
+        kind.validate(vocab)?;
         let mut targets = DenseTargets::empty(kind, vocab);
         if kind != FitnessKind::Ppl {
             let plan = vec![BlockPlan::FULL; model.layers.len()];
@@ -40,6 +41,12 @@ impl Calibration {
                 let h = model.hidden_states(dev, s, 1, &plan)?;
                 let scored = s.len() - 1;
                 let logits = model.lm_head(dev, &h[..scored * model.hidden_size()]);
+                if let Some(x) = logits.iter().find(|x| !x.is_finite()) {
+                    return Err(Error::non_finite(
+                        format_args!("a dense logit of calibration sample {i}"),
+                        *x as f64,
+                    ));
+                }
                 targets.push(&logits, vocab);
                 progress(i + 1);
             }
@@ -189,6 +196,9 @@ impl StageCache {
         let normed = model.final_norm(dev, &h);
         profile::BLOCKS.add(started.elapsed());
         let (sum, positions) = cal.score_slice(model, dev, s, &normed);
+        if !sum.is_finite() {
+            return Err(Error::non_finite("the candidate's fitness", sum));
+        }
         Ok(Score { sum, positions })
     }
 

@@ -3,7 +3,7 @@
 //! - `kl`: KL(dense || candidate) per position over the full vocabulary, averaged per token
 //!   (the original's `F.kl_div(log q, log p, log_target=True, reduction="batchmean")`);
 //! - `topk_kl`: the same over the dense model's top-k tokens only, both distributions
-//!   renormalised over that set (SPEC §2.3's "sparse KL");
+//!   renormalised over that set (docs/perplexity-protocol.md);
 //! - `ppl`: the candidate's perplexity (mean NLL; no dense targets needed).
 //!
 //! Dense targets are computed once per run and stored compactly: full logits in bf16 (half
@@ -42,6 +42,19 @@ pub enum DenseTargets {
 }
 
 impl FitnessKind {
+    /// Checks the kind against the model's vocabulary: top-k KL needs `1 <= k <= vocab`
+    /// (the `k` of a `[fitness]` table). Called where the kind meets a model, before any
+    /// target is computed.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        match *self {
+            FitnessKind::TopkKl { k } if k == 0 || k > vocab => Err(Error::Invalid(format!(
+                "fitness `topk_kl`: key `k` = {k}, expected 1..={vocab}: top-k KL keeps the \
+                 dense model's k most likely of its {vocab} tokens"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Bytes the dense targets will take for `scored_positions` positions: checked against a
     /// cap before anything is computed, so an oversized run is refused up front.
     pub fn target_bytes(&self, scored_positions: usize, vocab: usize) -> usize {
@@ -201,6 +214,19 @@ mod tests {
         let (v, i) = top_k(&[0.1, 3.0, -1.0, 2.0], 2);
         assert_eq!(i, vec![1, 3]);
         assert_eq!(v, vec![3.0, 2.0]);
+    }
+
+    #[test]
+    fn topk_outside_the_vocabulary_is_rejected() {
+        for k in [0, 51] {
+            let msg = FitnessKind::TopkKl { k }
+                .validate(50)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("`k`") && msg.contains("1..=50"), "{msg}");
+        }
+        FitnessKind::TopkKl { k: 50 }.validate(50).unwrap();
+        FitnessKind::Kl.validate(50).unwrap();
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
 //! - [`data`]: text files to token windows, perplexity;
 //! - [`calibrate`]: the block-wise calibration engine (Hessians of linear inputs);
+//! - [`hessian`]: dead inputs, damping, the inverse Cholesky factor and the relative layer
+//!   error, shared by every compression method;
 //! - [`units`]: the compressible linear units in HF naming, the model fingerprint;
 //! - [`store`]: the memory-mapped, checksummed, resumable variant store of a database;
 //! - [`fitness`], [`evaluate`]: KL / top-k KL / perplexity against the dense model, scored
@@ -18,6 +20,7 @@ pub mod evaluate;
 pub mod fitness;
 pub mod fsutil;
 pub mod gguf;
+pub mod hessian;
 pub mod hf;
 pub mod level_config;
 pub mod load;

@@ -5,10 +5,11 @@
 use crate::build::swap_unit;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::store::{UnitEntry, VariantStore};
+use crate::store::{ModelInfo, UnitEntry, VariantStore};
 use crate::units::{linear_units, LinearUnit};
 use evopress_kernels::Weight;
 use evopress_search::SearchSpace;
+use std::path::Path;
 
 /// Reads one stored variant back as a weight (the backend's decoding of its parts).
 pub type LoadWeight<'a> = &'a dyn Fn(&VariantStore, &UnitEntry, i32) -> Result<Weight>;
@@ -50,6 +51,8 @@ impl VariantTable {
                 model.fingerprint()
             ));
         }
+        let current = ModelInfo::of(model, Path::new(""));
+        m.header.model.check_weights(&current, dir, true)?;
         if !m.complete {
             return bad(format!(
                 "the database is incomplete ({} of {} blocks); finish it with `evopress \

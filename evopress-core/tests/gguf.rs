@@ -21,26 +21,38 @@ fn s(x: &str) -> MetaValue {
     MetaValue::String(x.into())
 }
 
-/// Metadata of a tiny llama: hidden 8, 2 query heads and 1 KV head of dim 4, vocab 4.
-fn tiny_llama_meta(w: &mut GgufWriter) {
-    w.add_meta("general.architecture", s("llama"))
-        .add_meta("llama.block_count", MetaValue::U32(1))
-        .add_meta("llama.context_length", MetaValue::U32(64))
-        .add_meta("llama.embedding_length", MetaValue::U32(8))
-        .add_meta("llama.feed_forward_length", MetaValue::U32(32))
-        .add_meta("llama.attention.head_count", MetaValue::U32(2))
-        .add_meta("llama.attention.head_count_kv", MetaValue::I32(1))
-        .add_meta(
+/// Metadata of a tiny llama: hidden 8, 2 query heads and 1 KV head of dim 4, vocab 4, with
+/// the keys in `overrides` set to other values (`None`: left out).
+fn tiny_llama_meta(w: &mut GgufWriter, overrides: &[(&str, Option<MetaValue>)]) {
+    let meta = [
+        ("general.architecture", s("llama")),
+        ("llama.block_count", MetaValue::U32(1)),
+        ("llama.context_length", MetaValue::U32(64)),
+        ("llama.embedding_length", MetaValue::U32(8)),
+        ("llama.feed_forward_length", MetaValue::U32(32)),
+        ("llama.attention.head_count", MetaValue::U32(2)),
+        ("llama.attention.head_count_kv", MetaValue::I32(1)),
+        (
             "llama.attention.layer_norm_rms_epsilon",
             MetaValue::F32(1e-5),
-        )
-        .add_meta("llama.rope.freq_base", MetaValue::F32(500.0))
-        .add_meta("llama.rope.dimension_count", MetaValue::U32(4))
-        .add_meta("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
-        .add_meta(
+        ),
+        ("llama.rope.freq_base", MetaValue::F32(500.0)),
+        ("llama.rope.dimension_count", MetaValue::U32(4)),
+        ("tokenizer.ggml.bos_token_id", MetaValue::U32(1)),
+        (
             "tokenizer.ggml.tokens",
             MetaValue::Array(["a", "b", "c", "d"].map(s).to_vec()),
-        );
+        ),
+    ];
+    for (key, value) in meta {
+        let value = match overrides.iter().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.clone(),
+            None => Some(value),
+        };
+        if let Some(v) = value {
+            w.add_meta(key, v);
+        }
+    }
 }
 
 /// One Q4_1 block: d = 0.5, m = -2, byte j holds nibbles (j, 15 - j).
@@ -82,8 +94,13 @@ fn q_file_rows() -> Vec<f32> {
 }
 
 fn tiny_llama() -> GgufWriter {
+    tiny_llama_with(&[])
+}
+
+/// [`tiny_llama`] with some metadata keys set to other values (`None`: left out).
+fn tiny_llama_with(overrides: &[(&str, Option<MetaValue>)]) -> GgufWriter {
     let mut w = GgufWriter::new();
-    tiny_llama_meta(&mut w);
+    tiny_llama_meta(&mut w, overrides);
     let embd: Vec<u8> = (0..4).flat_map(|_| q8_0_block()).collect();
     w.add_tensor("token_embd.weight", &[32, 4], GgmlType::Q8_0, embd)
         .unwrap()
@@ -223,6 +240,70 @@ fn metadata_type_errors_name_the_key() {
     );
     let e = g.get_str("llama.nope").unwrap_err().to_string();
     assert_mentions(&e, &["tiny.gguf", "llama.nope", "missing"]);
+}
+
+#[test]
+fn config_errors_name_the_metadata_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_key = |overrides: &[(&str, Option<MetaValue>)]| {
+        let path = write(&tiny_llama_with(overrides), dir.path(), "bad.gguf");
+        match GgufFile::open(&path).unwrap().model_config() {
+            Err(Error::Config { key, msg, .. }) => (key, msg),
+            other => panic!("{overrides:?}: {:?}", other.err()),
+        }
+    };
+    let cases: &[(&str, MetaValue, &str)] = &[
+        (
+            "llama.attention.head_count_kv",
+            MetaValue::U32(0),
+            "positive",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            MetaValue::U32(3),
+            "does not divide",
+        ),
+        ("llama.attention.head_count", MetaValue::U32(0), "positive"),
+        ("llama.rope.freq_base", MetaValue::F32(0.0), "positive"),
+        ("llama.rope.freq_base", MetaValue::F32(-500.0), "positive"),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(0.0),
+            "positive",
+        ),
+        ("llama.feed_forward_length", MetaValue::U32(0), "positive"),
+    ];
+    for (key, value, says) in cases {
+        let (k, msg) = config_key(&[(key, Some(value.clone()))]);
+        assert_eq!(&k, key, "{msg}");
+        assert!(msg.contains(says), "{key}: {msg}");
+    }
+    // Without a KV head count the KV heads are the query heads: blame the key they came from.
+    let (k, _) = config_key(&[
+        ("llama.attention.head_count_kv", None),
+        ("llama.attention.head_count", MetaValue::U32(0).into()),
+    ]);
+    assert_eq!(k, "llama.attention.head_count");
+}
+
+#[test]
+fn q_and_k_rows_that_do_not_split_into_heads_name_the_head_count_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, tensor) in [
+        ("llama.attention.head_count", "q_proj"),
+        ("llama.attention.head_count_kv", "k_proj"),
+    ] {
+        let w = tiny_llama_with(&[(key, Some(MetaValue::U32(3)))]);
+        let g = GgufFile::open(write(&w, dir.path(), "heads.gguf")).unwrap();
+        let name = format!("model.layers.0.self_attn.{tensor}.weight");
+        match g.weight(&name) {
+            Err(Error::Config { key: k, msg, .. }) => {
+                assert_eq!(k, key);
+                assert_mentions(&msg, &["3 heads", "rotary pairs"]);
+            }
+            other => panic!("{name}: {:?}", other.err()),
+        }
+    }
 }
 
 #[test]

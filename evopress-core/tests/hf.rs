@@ -149,12 +149,13 @@ fn tokenizer_path_is_found_when_present() {
 fn misaligned_tensor_data_falls_back_to_an_owned_copy() {
     let dir = copy_fixture("llama");
     let values = [1.5f32, -2.0, 3.25];
-    let header = r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#;
-    // 8 + 61 puts the data at an odd byte offset.
-    let bytes = safetensors_bytes(header, 61, bytemuck::cast_slice(&values));
+    let header = r#"{"model.norm.weight":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#;
+    // 8 + 77 puts the data at an odd byte offset.
+    let bytes = safetensors_bytes(header, 77, bytemuck::cast_slice(&values));
     fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
     let hf = HfDir::open(dir.path()).unwrap();
-    assert_eq!(hf.weight("x").unwrap().to_f32_vec(), values);
+    let w = hf.weight("model.norm.weight").unwrap();
+    assert_eq!(w.to_f32_vec(), values);
 }
 
 #[test]
@@ -168,6 +169,74 @@ fn truncated_file_is_a_format_error() {
         matches!(&err, Error::Format { path: p, .. } if *p == path),
         "{err}"
     );
+    let msg = err.to_string();
+    assert!(msg.contains("truncated file (100 bytes missing)"), "{msg}");
+}
+
+#[test]
+fn tensor_whose_offsets_disagree_with_its_shape_is_named() {
+    let dir = copy_fixture("llama");
+    let path = dir.path().join("model.safetensors");
+    let header = r#"{"model.norm.weight":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#;
+    fs::write(&path, safetensors_bytes(header, 80, &[0; 16])).unwrap();
+    let msg = HfDir::open(dir.path()).err().unwrap().to_string();
+    for part in [
+        "model.safetensors",
+        "`model.norm.weight`",
+        "12 bytes",
+        "[0, 16]",
+        "bad header",
+    ] {
+        assert!(msg.contains(part), "{msg} lacks {part}");
+    }
+}
+
+#[test]
+fn config_with_fewer_layers_than_the_weights_names_the_unused_tensors() {
+    let dir = copy_fixture("llama");
+    edit_config(dir.path(), |c| c["num_hidden_layers"] = 1.into());
+    let err = HfDir::open(dir.path()).err().unwrap();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    let msg = err.to_string();
+    for part in [
+        "model.safetensors",
+        "not used",
+        "1 layers",
+        "model.layers.1.",
+    ] {
+        assert!(msg.contains(part), "{msg} lacks {part}");
+    }
+}
+
+#[test]
+fn non_positive_rope_theta_and_rms_norm_eps_name_their_key() {
+    for (key, value) in [
+        ("rope_theta", 0.0),
+        ("rms_norm_eps", -1e-5),
+        ("rope_theta", -1.0),
+    ] {
+        let dir = copy_fixture("llama");
+        edit_config(dir.path(), |c| c[key] = value.into());
+        match HfDir::open(dir.path()) {
+            Err(Error::Config { key: k, msg, .. }) => {
+                assert_eq!(k, key);
+                assert!(msg.contains("positive"), "{msg}");
+            }
+            Err(other) => panic!("{key} = {value}: {other}"),
+            Ok(_) => panic!("{key} = {value} accepted"),
+        }
+    }
+    // transformers >= 5 nests rope_theta under rope_parameters.
+    let dir = copy_fixture("llama");
+    edit_config(dir.path(), |c| {
+        c.as_object_mut().unwrap().remove("rope_theta");
+        c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 0.0});
+        c.as_object_mut().unwrap().remove("rope_scaling");
+    });
+    match HfDir::open(dir.path()) {
+        Err(Error::Config { key, .. }) => assert_eq!(key, "rope_parameters.rope_theta"),
+        other => panic!("{:?}", other.err()),
+    }
 }
 
 #[test]
@@ -284,17 +353,21 @@ fn unsupported_dtypes_name_file_tensor_and_dtype() {
     for dtype in ["I64", "F64"] {
         let dir = copy_fixture("llama");
         let path = dir.path().join("model.safetensors");
+        let name = "model.norm.weight";
         let header =
-            format!(r#"{{"ids":{{"dtype":"{dtype}","shape":[2],"data_offsets":[0,16]}}}}"#);
-        fs::write(&path, safetensors_bytes(&header, 64, &[0; 16])).unwrap();
+            format!(r#"{{"{name}":{{"dtype":"{dtype}","shape":[2],"data_offsets":[0,16]}}}}"#);
+        fs::write(&path, safetensors_bytes(&header, 80, &[0; 16])).unwrap();
         let hf = HfDir::open(dir.path()).unwrap();
-        let err = hf.weight("ids").err().unwrap();
+        let err = hf.weight(name).err().unwrap();
         assert!(
             matches!(&err, Error::Unsupported { path: p, .. } if *p == path),
             "{err}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("`ids`") && msg.contains(dtype), "{msg}");
+        assert!(
+            msg.contains(&format!("`{name}`")) && msg.contains(dtype),
+            "{msg}"
+        );
     }
 }
 

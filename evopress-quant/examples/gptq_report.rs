@@ -9,8 +9,9 @@
 
 use std::time::Instant;
 
+use evopress_core::hessian::rel_error;
 use evopress_quant::synth::{correlated_hessian, gaussian};
-use evopress_quant::{rel_error, rtn, GptqConfig, GptqHessian, QuantSpec};
+use evopress_quant::{rtn, GptqConfig, GptqHessian, QuantSpec};
 
 fn main() {
     // (name, rows = out, cols = in): q_proj / o_proj and down_proj of SmolLM2-135M.
@@ -38,16 +39,17 @@ fn main() {
                 let e_rtn = rel_error(
                     &w,
                     &rtn(&w, rows, cols, &spec).unwrap().w_hat,
+                    &h,
                     rows,
                     cols,
-                    &h,
-                );
+                )
+                .unwrap();
                 let t = Instant::now();
                 let q = natural.quantize(&w, rows, &spec).unwrap();
                 let secs = t.elapsed().as_secs_f64();
-                let e = rel_error(&w, &q.w_hat, rows, cols, &h);
+                let e = rel_error(&w, &q.w_hat, &h, rows, cols).unwrap();
                 let qa = act.quantize(&w, rows, &spec).unwrap();
-                let e_act = rel_error(&w, &qa.w_hat, rows, cols, &h);
+                let e_act = rel_error(&w, &qa.w_hat, &h, rows, cols).unwrap();
                 let ratio = q.packed.bytes() as f64 / q.packed.dense_f16_bytes() as f64;
                 println!(
                     "{group:5} {bits:4}   {e_rtn:.5}  {e:.5}  {e_act:.5}   {:.3}     {ratio:.3}       {:.0} ms",

@@ -1,4 +1,4 @@
-//! The GPTQ database builder (SPEC §3.3, §5.2): every unit at every bit width from one
+//! The GPTQ database builder (docs/sparsegpt-gptq.md): every unit at every bit width from one
 //! factorised Hessian, stored as bit-packed codes with f16 scales and zeros, the way
 //! [`evopress_core::build::build_database`] persists variants.
 //!
@@ -10,6 +10,7 @@
 use crate::{GptqConfig, GptqHessian, PackedMatrix, QuantError, QuantSpec, RangeSearch};
 use evopress_core::build::{Variant, VariantBuilder};
 use evopress_core::calibrate::Hessian;
+use evopress_core::hessian::RelError;
 use evopress_core::store::{TensorData, UnitEntry, VariantStore};
 use evopress_core::units::LinearUnit;
 use evopress_core::{Error, Result};
@@ -25,7 +26,7 @@ pub const BACKEND: &str = "gptq";
 /// group ([`load_packed`] reads it).
 pub const PACKED_FORMAT: &str = "packed";
 
-/// Which activations the blocks after a built block see (SPEC §2.4.4).
+/// Which activations the blocks after a built block see (docs/sparsegpt-gptq.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Propagation {
@@ -216,16 +217,23 @@ impl VariantBuilder for GptqBuilder {
                 unit.name, h.dim, h.dim
             )));
         }
+        // GPTQ's rounding decisions cascade, so a last-bit change of `H` moves a 2-bit error by
+        // percents: the solver keeps the f32-rounded Hessian it has always been given, so that
+        // a resumed build and a rebuild reproduce the stored variants bit for bit.
         let h32: Vec<f32> = h.data.iter().map(|&v| v as f32).collect();
         let prepared = GptqHessian::new(&h32, cols, &self.params.gptq_config())
             .map_err(|e| quant_err(&unit.name, e))?;
+        let meter = RelError::new(weight, rows, cols, &h.data)
+            .map_err(|e| quant_err(&unit.name, e.into()))?;
         self.bits
             .par_iter()
             .map(|&bits| {
                 let q = prepared
                     .quantize(weight, rows, &self.params.spec(bits))
                     .map_err(|e| quant_err(&unit.name, e))?;
-                let rel_error = crate::rel_error(weight, &q.w_hat, rows, cols, &h32);
+                let rel_error = meter
+                    .of(&q.w_hat)
+                    .map_err(|e| quant_err(&unit.name, e.into()))?;
                 let mut extra = Map::new();
                 extra.insert("bits".into(), json!(bits));
                 extra.insert("group_size".into(), json!(self.params.group_size));

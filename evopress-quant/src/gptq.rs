@@ -1,5 +1,5 @@
 //! GPTQ: quantize a linear layer so that its outputs on the calibration inputs move as little
-//! as possible (SPEC §5.2, with the original's defects fixed).
+//! as possible (docs/sparsegpt-gptq.md, with the original's defects fixed).
 //!
 //! The objective for one row `w` of `W [rows, cols]` (rows are independent and share `H`):
 //!
@@ -31,19 +31,19 @@
 //! - act-order (columns by descending `diag(H)`, the most salient first) stays usable: see
 //!   [`GptqConfig::act_order`] for how groups and the permutation are kept consistent;
 //! - codes are computed with the f16 scales that are stored, so `Ŵ` is exactly what the packed
-//!   format decodes to;
-//! - the damping mean ignores dead inputs, so it does not depend on how many there are.
+//!   format decodes to.
 
 use rayon::prelude::*;
 
 use crate::linalg::{self, Parallelism, Strided};
 use crate::{check_len, GroupParams, PackedMatrix, QuantError, QuantSpec, Quantized};
+use evopress_core::hessian::InverseFactor;
 
 /// GPTQ settings that do not depend on the bit width.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GptqConfig {
-    /// Damping `λ = rel_damp · mean(diag H)` added to the diagonal: keeps `H` invertible when
-    /// the calibration set is small and regularises the updates. 0.01 in the original.
+    /// Damping `λ = rel_damp · mean(diag H)` added to the diagonal: keeps `H` invertible
+    /// when the calibration set is small and regularises the updates. 0.01 in the original.
     pub rel_damp: f32,
     /// Columns per lazy-update block (128 in the original): a cache-size knob, not a quality one.
     pub block_size: usize,
@@ -89,57 +89,30 @@ pub struct GptqHessian {
 }
 
 impl GptqHessian {
-    /// Prepares `h` (`[cols, cols]`, symmetric, as accumulated by the calibration engine).
-    pub fn new(h: &[f32], cols: usize, cfg: &GptqConfig) -> Result<Self, QuantError> {
+    /// Prepares `h` (`[cols, cols]`, symmetric, as accumulated by the calibration engine):
+    /// dead inputs, damping and the inverse factor come from [`InverseFactor`]
+    /// (docs/sparsegpt-gptq.md), in processing order.
+    pub fn new<T: Copy + Into<f64>>(
+        h: &[T],
+        cols: usize,
+        cfg: &GptqConfig,
+    ) -> Result<Self, QuantError> {
         check_len("gptq: Hessian", h.len(), cols * cols)?;
-        let diag = |j: usize| h[j * cols + j];
-        let dead: Vec<bool> = (0..cols).map(|j| diag(j) == 0.0).collect();
-
-        // Relative damping from the mean diagonal of the live inputs.
-        let (sum, live) = (0..cols)
-            .filter(|&j| !dead[j])
-            .fold((0f64, 0usize), |(s, n), j| (s + diag(j) as f64, n + 1));
-        let damp = if live > 0 {
-            cfg.rel_damp as f64 * sum / live as f64
-        } else {
-            0.0
-        };
-
         // Act-order: most salient inputs first (stable, so ties keep their natural order; dead
         // inputs have diag 0 and go last).
+        let diag = |j: usize| h[j * cols + j].into();
         let perm = cfg.act_order.then(|| {
             let mut p: Vec<u32> = (0..cols as u32).collect();
             p.sort_by(|&a, &b| diag(b as usize).total_cmp(&diag(a as usize)));
             p
         });
-        let orig = |k: usize| perm.as_ref().map_or(k, |p| p[k] as usize);
-
-        // The damped Hessian in processing order, in f64. A dead input has an all-zero row and
-        // column; a unit diagonal makes it a decoupled, harmless pivot (its weights are zeroed,
-        // so it never produces an error to spread).
-        let mut hp = vec![0f64; cols * cols];
-        for a in 0..cols {
-            for b in 0..cols {
-                hp[a * cols + b] = h[orig(a) * cols + orig(b)] as f64;
-            }
-            hp[a * cols + a] = if dead[orig(a)] {
-                1.0
-            } else {
-                hp[a * cols + a] + damp
-            };
-        }
-        let u = linalg::inverse_cholesky_upper(&hp, cols).map_err(|k| {
-            QuantError::NotPositiveDefinite {
-                pivot: orig(k),
-                cols,
-            }
-        })?;
+        let factor = InverseFactor::new(h, cols, cfg.rel_damp as f64, perm.as_deref(), &[])?;
         Ok(GptqHessian {
             cols,
             cfg: *cfg,
-            dead,
+            dead: factor.dead().to_vec(),
             perm,
-            u: u.into_iter().map(|v| v as f32).collect(),
+            u: factor.into_u(),
         })
     }
 
@@ -291,47 +264,15 @@ impl GptqHessian {
 }
 
 /// GPTQ of one matrix: [`GptqHessian::new`] then [`GptqHessian::quantize`].
-pub fn gptq(
+pub fn gptq<T: Copy + Into<f64>>(
     w: &[f32],
     rows: usize,
     cols: usize,
-    h: &[f32],
+    h: &[T],
     spec: &QuantSpec,
     cfg: &GptqConfig,
 ) -> Result<Quantized, QuantError> {
     GptqHessian::new(h, cols, cfg)?.quantize(w, rows, spec)
-}
-
-/// Relative layer-output error `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ`: the fraction of
-/// the layer's output energy on the calibration inputs that quantization destroys
-/// (`‖X ΔWᵀ‖² / ‖X Wᵀ‖²`). Pass the undamped `H`. Computed in f64.
-pub fn rel_error(w: &[f32], w_hat: &[f32], rows: usize, cols: usize, h: &[f32]) -> f64 {
-    assert_eq!(w.len(), rows * cols);
-    assert_eq!(w_hat.len(), rows * cols);
-    assert_eq!(h.len(), cols * cols);
-    // Stack [ΔW; W] so one GEMM gives both quadratic forms: P = [ΔW; W] · H.
-    let mut a: Vec<f64> = w
-        .iter()
-        .zip(w_hat)
-        .map(|(&x, &y)| x as f64 - y as f64)
-        .collect();
-    a.extend(w.iter().map(|&x| x as f64));
-    let h64: Vec<f64> = h.iter().map(|&x| x as f64).collect();
-    let mut p = vec![0f64; 2 * rows * cols];
-    linalg::gemm(
-        &mut p,
-        cols,
-        Strided::row_major(&a, 2 * rows, cols, cols),
-        Strided::row_major(&h64, cols, cols, cols),
-        0.0,
-        1.0,
-        false,
-        Parallelism::Rayon(0),
-    );
-    let (num, den) = p.split_at(rows * cols);
-    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
-    let (dw, w64) = a.split_at(rows * cols);
-    dot(num, dw) / dot(den, w64)
 }
 
 #[cfg(test)]
@@ -339,6 +280,7 @@ mod tests {
     use super::*;
     use crate::synth::{correlated_hessian, gaussian};
     use crate::{rtn, RangeSearch};
+    use evopress_core::hessian::{rel_error, HessianError};
 
     struct Layer {
         rows: usize,
@@ -358,7 +300,7 @@ mod tests {
 
     impl Layer {
         fn err(&self, q: &Quantized) -> f64 {
-            rel_error(&self.w, &q.w_hat, self.rows, self.cols, &self.h)
+            rel_error(&self.w, &q.w_hat, &self.h, self.rows, self.cols).unwrap()
         }
         fn gptq(&self, spec: &QuantSpec, cfg: &GptqConfig) -> Quantized {
             gptq(&self.w, self.rows, self.cols, &self.h, spec, cfg).unwrap()
@@ -546,7 +488,10 @@ mod tests {
         let w = vec![0.5f32; 4];
         let spec = QuantSpec::new(3, 2);
         let err = gptq(&w, 2, 2, &h, &spec, &GptqConfig::default()).unwrap_err();
-        assert!(matches!(err, QuantError::NotPositiveDefinite { .. }));
+        assert!(matches!(
+            err,
+            QuantError::Hessian(HessianError::NotPositiveDefinite { .. })
+        ));
         let err = gptq(
             &w,
             3,
@@ -556,13 +501,5 @@ mod tests {
             &GptqConfig::default(),
         );
         assert!(matches!(err, Err(QuantError::Shape { .. })));
-    }
-
-    #[test]
-    fn rel_error_is_zero_for_exact_and_one_for_zero_weights() {
-        let l = layer(4, 32, 9);
-        assert_eq!(rel_error(&l.w, &l.w, 4, 32, &l.h), 0.0);
-        let zeros = vec![0f32; 4 * 32];
-        assert!((rel_error(&l.w, &zeros, 4, 32, &l.h) - 1.0).abs() < 1e-12);
     }
 }

@@ -7,7 +7,8 @@
 //!   [`rtn`].
 //! - [`gptq`]: GPTQ (OBQ with lazy batched updates): quantize the columns of `W` one at a time and
 //!   push each column's rounding error onto the not-yet-quantized columns through the inverse
-//!   Hessian, so that `‖X Wᵀ − X Ŵᵀ‖²` stays small. [`rel_error`] is the metric it minimises.
+//!   Hessian, so that `‖X Wᵀ − X Ŵᵀ‖²` stays small (`evopress_core::hessian::rel_error` is
+//!   the metric it minimises).
 //! - [`packed`]: [`PackedMatrix`], codes bit-packed at their width plus f16 scales and zeros:
 //!   what a database or an export stores instead of one dequantized fp16 tensor per bit width.
 //!   [`PackedMatrix::to_weight`] hands it to `evopress-kernels`, whose `matmul_wt` multiplies
@@ -33,7 +34,7 @@ mod linalg;
 
 pub use backend::{Quant, QuantBackend, QuantSearchParams};
 pub use builder::{GptqBuilder, GptqParams, Propagation};
-pub use gptq::{gptq, rel_error, GptqConfig, GptqHessian};
+pub use gptq::{gptq, GptqConfig, GptqHessian};
 pub use packed::PackedMatrix;
 pub use quantizer::{rtn, GroupParams, QuantSpec, RangeSearch};
 pub use space::{quantization_space, GroupRule, QuantUnit};
@@ -65,11 +66,8 @@ pub enum QuantError {
         expected: usize,
         got: usize,
     },
-    #[error(
-        "the damped Hessian is not positive definite (pivot {pivot} of {cols}); \
-         increase rel_damp or check the calibration data for NaN/inf"
-    )]
-    NotPositiveDefinite { pivot: usize, cols: usize },
+    #[error(transparent)]
+    Hessian(#[from] evopress_core::hessian::HessianError),
 }
 
 /// Checks that a slice holds exactly `expected` elements.

@@ -29,7 +29,7 @@ use crate::{check_len, PackedMatrix, QuantError, Quantized};
 /// How a group's clipping range `[lo, hi]` is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RangeSearch {
-    /// The group's min and max (the original EvoPress quantizer, SPEC §5.2).
+    /// The group's min and max (the original EvoPress quantizer).
     MinMax,
     /// Try `[p·lo, p·hi]` for `p = 1 − i/grid`, `i = 0 .. max_shrink·grid`, keep the `p` with the
     /// least `Σ|x − x̂|^norm`. Clipping a few outliers buys a finer grid for everything else.

@@ -14,7 +14,7 @@ pub enum GroupRule {
     Size,
     /// Layers with the same last name component (`q_proj`) trade bits; they must be equal-sized.
     Name,
-    /// Any layer trades with any: the bit total is only kept under the target (SPEC 4.3c).
+    /// Any layer trades with any: the bit total is only kept under the target (docs/search.md).
     None,
 }
 

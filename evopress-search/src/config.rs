@@ -1,4 +1,5 @@
-//! The search's hyper-parameters (SPEC 4.5), as read from the `[search]` table of a config file.
+//! The search's hyper-parameters (docs/search.md), as read from the `[search]` table of a config
+//! file.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
-//! The DP baseline (SPEC 6.4, SPDY-style): take each unit's error at each level as given and
-//! additive, and pick one level per unit minimising their sum under the budget. It is exactly
+//! The DP baseline (SPDY-style, docs/baselines.md): take each unit's error at each level as given
+//! and additive, and pick one level per unit minimising their sum under the budget. It is exactly
 //! the "error monotonicity" assumption EvoPress refutes, kept as the baseline to beat.
 
 use super::space::{Budget, Genome, SearchSpace};

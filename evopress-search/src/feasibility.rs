@@ -1,5 +1,5 @@
 //! Up-front checks, so that a setup that could not run to the end fails before any work
-//! rather than erring (or, in the original, spinning) generations later (SPEC 4.7).
+//! rather than erring (or, in the original, spinning) generations later.
 
 use super::config::{InitialSource, SearchConfig};
 use super::init;

@@ -1,5 +1,5 @@
-//! Random starting genomes (SPEC 4.4). The search scores `initially_generated` distinct ones on
-//! `initial_tokens` tokens and keeps the best; a space with a single possible start (uniform
+//! Random starting genomes (docs/search.md). The search scores `initially_generated` distinct ones
+//! on `initial_tokens` tokens and keeps the best; a space with a single possible start (uniform
 //! sparsity or an integer quantization target) starts there without any scoring.
 
 use super::space::{Budget, Genome, SearchSpace};

@@ -1,4 +1,4 @@
-//! Level-switch mutation (SPEC 4.3) and the loop that collects distinct offspring.
+//! Level-switch mutation (docs/search.md) and the loop that collects distinct offspring.
 
 use super::space::{Budget, Genome, SearchSpace};
 use crate::error::{Error, Result};

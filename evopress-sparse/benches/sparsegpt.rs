@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Instant;
 
+use evopress_core::hessian::rel_error;
 use evopress_sparse::{
-    decode_into, encode, magnitude_prune, rel_error, LevelScheme, SparseGpt, SparseGptConfig,
-    ValueType,
+    decode_into, encode, magnitude_prune, LevelScheme, SparseGpt, SparseGptConfig, ValueType,
 };
 
 fn main() {
@@ -122,7 +122,7 @@ fn main() {
             dense += de;
         }
         println!(
-            "codec, SPEC §3.2 scheme s = {s}, L = 8, default wd = {}: {:.4}x dense f16",
+            "codec, level scheme s = {s}, L = 8, default wd = {}: {:.4}x dense f16",
             scheme.weights_diff,
             stored as f64 / dense as f64
         );

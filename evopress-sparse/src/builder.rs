@@ -1,5 +1,5 @@
-//! The SparseGPT variant database (SPEC §3.2, §5.1) and the OWL database (SPEC §6.3) as
-//! [`VariantBuilder`]s of the core's block-wise build driver.
+//! The SparseGPT variant database (docs/sparsegpt-gptq.md) and the OWL database (docs/baselines.md)
+//! as [`VariantBuilder`]s of the core's block-wise build driver.
 //!
 //! ```text
 //! per unit (one linear, fused parts stacked):
@@ -22,12 +22,11 @@ use crate::SparseError;
 use evopress_core::build::{Variant, VariantBuilder};
 use evopress_core::calibrate::{BlockCalibrator, Hessian};
 use evopress_core::error::{Error, Result};
+use evopress_core::hessian::{HessianError, RelError};
 use evopress_core::model::Model;
 use evopress_core::store::{TensorData, UnitEntry, VariantDType, VariantStore};
 use evopress_core::units::{linear_units, LinearUnit};
 use evopress_kernels::{Buf, Device, MaskedValues, Weight};
-use faer::linalg::matmul::matmul;
-use faer::{Mat, Parallelism};
 use half::f16;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -49,11 +48,11 @@ fn default_rel_damp() -> f64 {
 fn default_block_size() -> usize {
     128
 }
-/// The original script's λ grid (SPEC §6.3).
+/// The original script's λ grid.
 fn default_owl_lambdas() -> Vec<f64> {
     vec![0.02, 0.05, 0.08, 0.1, 0.2]
 }
-/// The original script's M grid (SPEC §6.3).
+/// The original script's M grid.
 fn default_owl_ms() -> Vec<f64> {
     vec![3.0, 5.0, 7.0, 10.0]
 }
@@ -64,7 +63,8 @@ fn default_owl_ms() -> Vec<f64> {
 pub struct SparseGptParams {
     /// Target average sparsity `s` (level 0).
     pub sparsity: f64,
-    /// Weights per level step; default `int(0.5 · min(s, 1−s) / L · hidden²)` (SPEC §3.2).
+    /// Weights per level step; default `int(0.5 · min(s, 1−s) / L · hidden²)`
+    /// (docs/level-schemes.md).
     #[serde(default)]
     pub weights_diff: Option<u64>,
     #[serde(default = "default_num_levels")]
@@ -94,75 +94,16 @@ fn sparse_err(unit: &str) -> impl Fn(SparseError) -> Error + '_ {
     move |e| Error::Invalid(format!("`{unit}`: {e}"))
 }
 
-/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` of many variants of one layer on the UNDAMPED Hessian (a zero
-/// diagonal set to 1, as the original's error estimator does, SPEC §6.4). The denominator is
-/// computed once; each numerator is one f32 GEMM `ΔW·H` reduced against `ΔW` in f64 (the f64
-/// reference [`rel_error`] agrees to ~1e-6 relative and costs 4-5× more per level).
-struct ErrorMeter {
-    rows: usize,
-    cols: usize,
-    h: Mat<f32>,
-    denom: f64,
-}
-
-impl ErrorMeter {
-    fn new(w: &[f32], rows: usize, cols: usize, hess: &Hessian) -> Self {
-        let mut h = Mat::<f32>::from_fn(cols, cols, |i, j| hess.data[i * cols + j] as f32);
-        for j in 0..cols {
-            if hess.data[j * cols + j] == 0.0 {
-                h.write(j, j, 1.0);
-            }
-        }
-        let mut m = ErrorMeter {
-            rows,
-            cols,
-            h,
-            denom: 1.0,
-        };
-        m.denom = m.quadratic_form(w);
-        m
-    }
-
-    /// `tr(M H Mᵀ)` of a row-major `[rows, cols]` matrix.
-    fn quadratic_form(&self, m: &[f32]) -> f64 {
-        let (rows, cols) = (self.rows, self.cols);
-        let a = Mat::<f32>::from_fn(rows, cols, |i, j| m[i * cols + j]);
-        let mut ah = Mat::<f32>::zeros(rows, cols);
-        matmul(
-            ah.as_mut(),
-            a.as_ref(),
-            self.h.as_ref(),
-            None,
-            1.0,
-            Parallelism::Rayon(0),
-        );
-        (0..cols)
-            .map(|j| {
-                let (x, y) = (ah.col_as_slice(j), a.col_as_slice(j));
-                x.iter()
-                    .zip(y)
-                    .map(|(&p, &q)| p as f64 * q as f64)
-                    .sum::<f64>()
-            })
-            .sum()
-    }
-
-    fn rel_error(&self, w: &[f32], w_hat: &[f32]) -> f64 {
-        let dw: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
-        if dw.iter().all(|&x| x == 0.0) {
-            return 0.0;
-        }
-        self.quadratic_form(&dw) / self.denom
-    }
+fn hessian_err(unit: &str) -> impl Fn(HessianError) -> Error + '_ {
+    move |e| Error::Invalid(format!("`{unit}`: {e}"))
 }
 
 /// One pruned version of `weight` as stored: the variant's parts, its relative error on `h`,
 /// and its zero count (after rounding to f16, i.e. what the forward pass multiplies).
 fn store_variant(
     unit: &LinearUnit,
-    weight: &[f32],
     pruned: Vec<f32>,
-    meter: &ErrorMeter,
+    meter: &RelError,
     level: i32,
     mut extra: Map<String, Value>,
 ) -> Result<Variant> {
@@ -172,7 +113,7 @@ fn store_variant(
     let rounded: Vec<f32> = pruned.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
     drop(pruned);
     let zeros = rounded.iter().filter(|&&x| x == 0.0).count();
-    let err = meter.rel_error(weight, &rounded);
+    let err = meter.of(&rounded).map_err(hessian_err(&unit.name))?;
     let enc = encode(&rounded, rows, cols, ValueType::F16).map_err(sparse_err(&unit.name))?;
     let mut tensors = Vec::with_capacity(2);
     if let Some(mask) = enc.mask() {
@@ -207,10 +148,11 @@ pub fn masked_variants(
     h: &Hessian,
     pruned: Vec<(i32, Vec<f32>, Map<String, Value>)>,
 ) -> Result<Vec<Variant>> {
-    let meter = ErrorMeter::new(weight, unit.rows, unit.cols, h);
+    let meter =
+        RelError::new(weight, unit.rows, unit.cols, &h.data).map_err(hessian_err(&unit.name))?;
     pruned
         .into_iter()
-        .map(|(level, w, extra)| store_variant(unit, weight, w, &meter, level, extra))
+        .map(|(level, w, extra)| store_variant(unit, w, &meter, level, extra))
         .collect()
 }
 
@@ -225,7 +167,7 @@ fn build_levels(
     let (rows, cols) = (unit.rows, unit.cols);
     let solver =
         SparseGpt::new(weight, rows, cols, &h.data, config).map_err(sparse_err(&unit.name))?;
-    let meter = ErrorMeter::new(weight, rows, cols, h);
+    let meter = RelError::new(weight, rows, cols, &h.data).map_err(hessian_err(&unit.name))?;
     // Distinct sparsities only once (OWL grids repeat them when a block's LOD is extreme).
     let mut distinct: Vec<f64> = levels.iter().map(|l| l.1).collect();
     distinct.sort_by(f64::total_cmp);
@@ -238,7 +180,6 @@ fn build_levels(
         let at = distinct.iter().position(|d| d == p).expect("listed");
         out.push(store_variant(
             unit,
-            weight,
             pruned[at].clone(),
             &meter,
             *id,
@@ -274,7 +215,7 @@ pub fn load_masked(store: &VariantStore, unit: &UnitEntry, level: i32) -> Result
         .map_err(|e| bad(e.to_string()))
 }
 
-/// SparseGPT levels `s + ℓ·wd/N` for every unit (SPEC §3.2).
+/// SparseGPT levels `s + ℓ·wd/N` for every unit (docs/level-schemes.md).
 pub struct SparseGptBuilder {
     pub params: SparseGptParams,
     pub scheme: LevelScheme,
@@ -347,7 +288,7 @@ impl VariantBuilder for SparseGptBuilder {
 }
 
 /// Outlier ratios `LOD_b(M)` of every block (`[block][m]`), from a dense calibration pass that
-/// keeps only the Hessians' diagonals (SPEC §6.3 pass 1).
+/// keeps only the Hessians' diagonals (OWL's pass 1, docs/baselines.md).
 pub fn outlier_ratios<D: Device + ?Sized>(
     model: &Model,
     dev: &D,
@@ -388,7 +329,7 @@ pub fn outlier_ratios<D: Device + ?Sized>(
 }
 
 /// One OWL variant per `(λ, M)` of the grid, level id `λ_idx·|M| + M_idx`; every unit of block
-/// `b` pruned by SparseGPT at `s_b(λ, M)` (SPEC §6.3 pass 2).
+/// `b` pruned by SparseGPT at `s_b(λ, M)` (OWL's pass 2).
 pub struct OwlBuilder {
     pub params: OwlParams,
     /// `lod[b][m_idx]`.

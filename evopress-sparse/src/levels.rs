@@ -1,4 +1,4 @@
-//! The sparsity level scheme of the original EvoPress (SPEC §3.2, `src/pruner.py::_prune_group`).
+//! The sparsity level scheme of the original EvoPress (docs/level-schemes.md).
 //!
 //! The search needs levels that can be traded between *any* two layers without changing the
 //! global sparsity. The original gets this by measuring a level step in weights, not in percent:
@@ -126,7 +126,7 @@ pub fn py_floordiv(a: f64, b: f64) -> f64 {
 mod tests {
     use super::*;
 
-    /// SPEC §3.2's level-range table (wd = 1e6, L = 8): (layer, numel, ranges at s = .5, .6, .7).
+    /// The original's level ranges (wd = 1e6, L = 8): (layer, numel, ranges at s = .5, .6, .7).
     #[test]
     fn matches_spec_level_range_table() {
         type Row = (&'static str, usize, [(i32, i32); 3]);

@@ -6,10 +6,10 @@
 //! the `[in, in]` Hessian `sum X^T X` of its inputs); the block-wise calibration engine that
 //! produces `H` and the store that persists the variants live elsewhere.
 //!
-//! - [`sparsegpt`]: SparseGPT (SPEC §5.1), magnitude pruning, and the relative layer error.
-//! - [`levels`]: the original's `weights_diff` level scheme (SPEC §3.2).
+//! - [`sparsegpt`]: SparseGPT (docs/sparsegpt-gptq.md) and magnitude pruning.
+//! - [`levels`]: the original's `weights_diff` level scheme (docs/level-schemes.md).
 //! - [`codec`]: bitmask + kept values, for storing and streaming variants.
-//! - [`owl`]: OWL's per-block sparsities from outlier ratios (SPEC §6.3).
+//! - [`owl`]: OWL's per-block sparsities from outlier ratios (docs/baselines.md).
 //! - [`builder`]: the SparseGPT and OWL variant databases (core's block-wise build driver).
 //! - [`backend`]: the sparsity method ([`SPARSE`]): search backend over a database of masked
 //!   variants, its baselines (uniform, DP, OWL) and database builders.
@@ -29,7 +29,9 @@ pub use builder::{
 pub use codec::{decode_into, encode, Encoded, ValueType, Values};
 pub use evopress_kernels::{MaskedMatrix, MaskedValues};
 pub use levels::LevelScheme;
-pub use sparsegpt::{magnitude_prune, rel_error, SparseGpt, SparseGptConfig};
+pub use sparsegpt::{magnitude_prune, SparseGpt, SparseGptConfig};
+
+use evopress_core::hessian::HessianError;
 
 /// The registry entry for unstructured sparsity.
 pub static SPARSE: Sparse = Sparse;
@@ -47,10 +49,8 @@ pub enum SparseError {
     },
     #[error("sparsity {0} is outside [0, 1]")]
     Sparsity(f64),
-    #[error("Hessian entry ({row}, {col}) is not finite ({value})")]
-    NonFiniteHessian { row: usize, col: usize, value: f64 },
-    #[error("{0} is not positive definite (its Cholesky factorisation failed)")]
-    NotPositiveDefinite(&'static str),
+    #[error(transparent)]
+    Hessian(#[from] HessianError),
     #[error("level scheme: {0}")]
     Levels(String),
     #[error("encoded variant is inconsistent: {0}")]

@@ -1,6 +1,6 @@
-//! OWL (Outlier-Weighed Layerwise sparsity, SPEC §6.3): blocks with more outlier weights keep
-//! more of them. The outlier measure is Wanda's `A_ij = |W_ij| · sqrt(h_j)` (`h` the diagonal of
-//! the input Hessian), pooled over all linears of a block:
+//! OWL (Outlier-Weighed Layerwise sparsity, docs/baselines.md): blocks with more outlier weights
+//! keep more of them. The outlier measure is Wanda's `A_ij = |W_ij| · sqrt(h_j)` (`h` the diagonal
+//! of the input Hessian), pooled over all linears of a block:
 //!
 //! ```text
 //!   LOD_b(M) = mean( A > M · mean(A) )                 fraction of outliers in block b

@@ -1,5 +1,5 @@
-//! SparseGPT ("FastOBC" in the original, SPEC §5.1): prune a linear layer to a target sparsity
-//! while compensating the error with the remaining weights, using the layer-input Hessian.
+//! SparseGPT ("FastOBC" in the original, docs/sparsegpt-gptq.md): prune a linear layer to a target
+//! sparsity while compensating the error with the remaining weights, using the layer-input Hessian.
 //!
 //! The problem, per row `w` of `W` (rows are independent): minimise the output error on the
 //! calibration inputs, `(w - w_hat) H (w - w_hat)^T` with `H = sum X^T X`, subject to the
@@ -29,9 +29,9 @@
 //! OBS saliency `w^2 / U_jj^2` (with the block's weights already updated by earlier blocks) and
 //! prune the block's share of the target with the smallest scores, across all rows at once.
 
+use evopress_core::hessian::InverseFactor;
 use faer::linalg::matmul::matmul;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
-use faer::{Mat, Parallelism, Side};
+use faer::Parallelism;
 use rayon::prelude::*;
 
 use crate::{check_shape, SparseError};
@@ -75,10 +75,11 @@ impl SparseGpt {
     /// (`[cols, cols]`, symmetric, f32 or f64, any positive scale since the damping is
     /// relative; like `torch.linalg.cholesky`, only its lower triangle is read).
     ///
-    /// Steps (SPEC §5.1, 2-4): dead inputs get `H_jj = 1` and their column of `W` zeroed; `H` is
-    /// damped by `rel_damp * mean(diag H)`; every all-zero column of `W` is decoupled in `H`
-    /// (its row and column zeroed, diagonal 1) so it neither moves nor is moved; then `U`, the
-    /// upper Cholesky factor of `H^-1`, all in f64.
+    /// The Hessian is prepared by [`InverseFactor`] (docs/sparsegpt-gptq.md): dead inputs
+    /// found (their weights are zeroed at every level above 0%), `H` damped by
+    /// `rel_damp * mean(diag H)` (a dead diagonal counting as 1), every all-zero column of `W`
+    /// decoupled (its row and column cut, diagonal 1) so it neither moves nor is moved, then `U`,
+    /// the upper Cholesky factor of `H^-1`, in f64.
     pub fn new<T: Copy + Into<f64>>(
         w: &[f32],
         rows: usize,
@@ -90,46 +91,18 @@ impl SparseGpt {
         check_shape("Hessian H", h, cols, cols)?;
         assert!(config.block_size > 0, "block_size must be positive");
 
-        let mut hd: Vec<f64> = h.iter().map(|&x| x.into()).collect();
-        if let Some(k) = hd.iter().position(|x| !x.is_finite()) {
-            return Err(SparseError::NonFiniteHessian {
-                row: k / cols,
-                col: k % cols,
-                value: hd[k],
-            });
-        }
-        let diag = |j: usize| j * cols + j;
-
-        // Dead inputs: never active on calibration data, so nothing constrains their weights.
-        let dead: Vec<usize> = (0..cols).filter(|&j| hd[diag(j)] == 0.0).collect();
-        for &j in &dead {
-            hd[diag(j)] = 1.0;
-        }
-        let damp = config.rel_damp * (0..cols).map(|j| hd[diag(j)]).sum::<f64>() / cols as f64;
-        for j in 0..cols {
-            hd[diag(j)] += damp;
-        }
-
-        // All-zero columns of W (after zeroing the dead ones) stay zero whatever the level:
-        // decouple them so the factorisation treats them as independent unit inputs.
+        // All-zero columns of W (dead inputs' columns are zeroed anyway) stay zero at every
+        // level: decoupled, they are pruned for free without moving the other weights.
         let mut zero_col = vec![true; cols];
         for row in w.chunks_exact(cols) {
             for (z, &x) in zero_col.iter_mut().zip(row) {
                 *z &= x == 0.0;
             }
         }
-        for &j in &dead {
-            zero_col[j] = true;
-        }
-        for j in (0..cols).filter(|&j| zero_col[j]) {
-            for k in 0..cols {
-                hd[j * cols + k] = 0.0;
-                hd[k * cols + j] = 0.0;
-            }
-            hd[diag(j)] = 1.0;
-        }
-
-        let u = upper_cholesky_of_inverse(&hd, cols)?;
+        let zero_cols: Vec<usize> = (0..cols).filter(|&j| zero_col[j]).collect();
+        let factor = InverseFactor::new(h, cols, config.rel_damp, None, &zero_cols)?;
+        let dead = (0..cols).filter(|&j| factor.dead()[j]).collect();
+        let u = factor.into_u();
         Ok(Self {
             rows,
             cols,
@@ -291,51 +264,6 @@ fn obs_sweep_kernel() -> SweepFn {
     obs_sweep_row
 }
 
-/// `U` with `H^-1 = U^T U`, `U` upper triangular with a positive diagonal, as f32 row-major.
-///
-/// The original computes it as `chol_upper(cholesky_inverse(chol(H)))`: three cubic steps and an
-/// explicit `H^-1`. The same factor comes out of one Cholesky and one triangular inverse once the
-/// index order is reversed (`J` = the reversal permutation, `J = J^T = J^-1`):
-///
-/// ```text
-///   J H J = L L^T                        (lower Cholesky of the reversed H)
-///   H     = (J L J) (J L J)^T            (J L J is upper triangular)
-///   H^-1  = (J L J)^-T (J L J)^-1        so U = (J L J)^-1 = J L^-1 J
-/// ```
-///
-/// Cholesky factors with a positive diagonal are unique, so this is the same `U`, in half the
-/// flops and without squaring the condition number by forming `H^-1` first.
-fn upper_cholesky_of_inverse(h: &[f64], n: usize) -> Result<Vec<f32>, SparseError> {
-    // J H J as a column-major matrix: its column j is row n-1-j of H, reversed (H is symmetric;
-    // the Cholesky reads the lower triangle of J H J, which is the lower triangle of H).
-    let mut reversed = Mat::<f64>::zeros(n, n);
-    for j in 0..n {
-        let row = &h[(n - 1 - j) * n..(n - j) * n];
-        for (dst, &x) in reversed
-            .col_as_slice_mut(j)
-            .iter_mut()
-            .zip(row.iter().rev())
-        {
-            *dst = x;
-        }
-    }
-    let l = reversed
-        .cholesky(Side::Lower)
-        .map_err(|_| SparseError::NotPositiveDefinite("the damped Hessian H"))?
-        .compute_l();
-    let mut l_inv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(l_inv.as_mut(), l.as_ref(), Parallelism::Rayon(0));
-    // U[i][j] = L^-1[n-1-i][n-1-j], read column by column from L^-1.
-    let mut u = vec![0.0f32; n * n];
-    for j in 0..n {
-        let col = l_inv.col_as_slice(n - 1 - j);
-        for i in 0..=j {
-            u[i * n + j] = col[n - 1 - i] as f32;
-        }
-    }
-    Ok(u)
-}
-
 /// Magnitude pruning, the baseline SparseGPT must beat: zero the `round(sparsity * numel)`
 /// weights of smallest absolute value in the whole matrix (ties to the lower index).
 pub fn magnitude_prune(w: &[f32], sparsity: f64) -> Result<Vec<f32>, SparseError> {
@@ -357,50 +285,6 @@ pub fn magnitude_prune(w: &[f32], sparsity: f64) -> Result<Vec<f32>, SparseError
         out[i as usize] = 0.0;
     }
     Ok(out)
-}
-
-/// Relative output error of a compressed layer on the calibration inputs (SPEC §6.4's NMSE):
-///
-/// ```text
-///   tr(dW H dW^T) / tr(W H W^T),   dW = W - W_hat
-/// ```
-///
-/// `H` is used as given (pass the undamped Hessian; the original's error estimator only sets a
-/// zero diagonal to 1 first). Both traces are computed in f64 as `sum((dW H) .* dW)`.
-pub fn rel_error<T: Copy + Into<f64>>(
-    w: &[f32],
-    w_hat: &[f32],
-    h: &[T],
-    rows: usize,
-    cols: usize,
-) -> Result<f64, SparseError> {
-    check_shape("weight W", w, rows, cols)?;
-    check_shape("compressed weight W_hat", w_hat, rows, cols)?;
-    check_shape("Hessian H", h, cols, cols)?;
-    let hm = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j].into());
-    let quadratic_form = |m: &Mat<f64>| {
-        let mut mh = Mat::<f64>::zeros(rows, cols);
-        matmul(
-            mh.as_mut(),
-            m.as_ref(),
-            hm.as_ref(),
-            None,
-            1.0,
-            Parallelism::Rayon(0),
-        );
-        let mut sum = 0.0;
-        for j in 0..cols {
-            for i in 0..rows {
-                sum += mh.read(i, j) * m.read(i, j);
-            }
-        }
-        sum
-    };
-    let dw = Mat::<f64>::from_fn(rows, cols, |i, j| {
-        w[i * cols + j] as f64 - w_hat[i * cols + j] as f64
-    });
-    let wm = Mat::<f64>::from_fn(rows, cols, |i, j| w[i * cols + j] as f64);
-    Ok(quadratic_form(&dw) / quadratic_form(&wm))
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! SparseGPT against magnitude pruning and its own contract, on a synthetic layer.
 
 mod common;
+#[path = "../../tests/support/original_obs.rs"]
+mod original_obs;
 
-use evopress_sparse::{magnitude_prune, rel_error, SparseGpt, SparseGptConfig};
+use evopress_core::hessian::rel_error;
+use evopress_sparse::{magnitude_prune, SparseGpt, SparseGptConfig};
 
 const DEAD: [usize; 3] = [5, 200, 301];
 
@@ -128,75 +131,13 @@ fn rejects_bad_shapes_and_hessians() {
     assert!(SparseGpt::new(&[1.0; 6], 2, 3, &h, cfg).is_err());
 }
 
-/// SPEC §5.1 transcribed literally, in f64 and without any of our restructuring: dead inputs,
-/// 1 % damping, `U = chol(H⁻¹)ᵀ` (upper), then per 128-column block the mask of the
-/// `round(numel·p)` smallest `w²/U_jj²`, the column-by-column OBS update inside the block and
-/// the lazy update of the columns after it. (The zero-column decoupling of `_prepare` is a
-/// no-op here: the layer has no all-zero columns besides the dead ones.)
-fn original_sparsegpt(w: &[f32], h: &[f64], rows: usize, cols: usize, p: f64) -> Vec<f32> {
-    use faer::solvers::SolverCore;
-    use faer::{Mat, Side};
-    let mut hm = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j]);
-    let mut w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-    for j in 0..cols {
-        if hm.read(j, j) == 0.0 {
-            hm.write(j, j, 1.0);
-            (0..rows).for_each(|r| w[r * cols + j] = 0.0);
-        }
-    }
-    let damp = 0.01 * (0..cols).map(|j| hm.read(j, j)).sum::<f64>() / cols as f64;
-    (0..cols).for_each(|j| hm.write(j, j, hm.read(j, j) + damp));
-    let hinv = hm.cholesky(Side::Lower).unwrap().inverse();
-    let l = hinv.cholesky(Side::Lower).unwrap().compute_l();
-    let u = |i: usize, j: usize| l.read(j, i); // upper factor: Uᵀ = L
-    for c1 in (0..cols).step_by(128) {
-        let c2 = (c1 + 128).min(cols);
-        let width = c2 - c1;
-        let mut scores: Vec<(f64, usize, usize)> = (0..rows)
-            .flat_map(|r| (c1..c2).map(move |c| (r, c)))
-            .map(|(r, c)| (w[r * cols + c].powi(2) / u(c, c).powi(2), r, c))
-            .collect();
-        let k = (scores.len() as f64 * p).round() as usize;
-        scores.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut pruned = vec![false; rows * width];
-        for &(_, r, c) in &scores[..k] {
-            pruned[r * width + c - c1] = true;
-        }
-        let mut err = vec![0.0; rows * width];
-        for i in 0..width {
-            let j = c1 + i;
-            for r in 0..rows {
-                let q = if pruned[r * width + i] {
-                    0.0
-                } else {
-                    w[r * cols + j]
-                };
-                let e = (w[r * cols + j] - q) / u(j, j);
-                for jj in j..c2 {
-                    w[r * cols + jj] -= e * u(j, jj);
-                }
-                w[r * cols + j] = q;
-                err[r * width + i] = e;
-            }
-        }
-        for r in 0..rows {
-            for jj in c2..cols {
-                w[r * cols + jj] -= (0..width)
-                    .map(|i| err[r * width + i] * u(c1 + i, jj))
-                    .sum::<f64>();
-            }
-        }
-    }
-    w.iter().map(|&x| x as f32).collect()
-}
-
 #[test]
 fn reaches_what_the_original_algorithm_reaches_on_the_same_hessian() {
     // 256 columns: two whole blocks, so the original's per-block count equals ours exactly.
     let (l, sgpt) = prepared(64, 256);
     for p in [0.5, 0.7] {
         let ours = rel_error(&l.w, &sgpt.prune(p).unwrap(), &l.h, l.rows, l.cols).unwrap();
-        let original = original_sparsegpt(&l.w, &l.h, l.rows, l.cols, p);
+        let original = original_obs::sparsegpt(&l.w, &l.h, l.rows, l.cols, p);
         let theirs = rel_error(&l.w, &original, &l.h, l.rows, l.cols).unwrap();
         println!("p = {p}: rel_error ours {ours:.6}, original loop {theirs:.6}");
         assert!(

@@ -1,19 +1,20 @@
-//! GPTQ database, quantized inference and bit-width allocation on the real demo model (SPEC
-//! §3.3, §5.2, §6.4): a small database (4 windows x 128 tokens, widths 2 and 4, groups of 64,
-//! quantized propagation) is built once and shared by the tests.
+//! GPTQ database, quantized inference and bit-width allocation on the real demo model
+//! (docs/sparsegpt-gptq.md, docs/level-schemes.md): a small database (4 windows x 128 tokens,
+//! widths 2 and 4, groups of 64, quantized propagation) is built once and shared by the tests.
 
 mod common;
 
 use evopress_core::build::{build_database, swap_unit, BuildRequest};
 use evopress_core::calibrate::BlockCalibrator;
 use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
+use evopress_core::hessian::rel_error;
 use evopress_core::units::linear_units;
 use evopress_core::{load_model, BlockPlan, CompressionBackend, LoadedModel, Model};
 use evopress_kernels::cpu::Cpu;
 use evopress_kernels::{Weight, WeightKind};
 use evopress_quant::{
-    gptq, rel_error, rtn, GptqBuilder, GptqConfig, GptqParams, GroupRule, Propagation,
-    QuantBackend, QuantSearchParams, QuantSpec,
+    gptq, rtn, GptqBuilder, GptqConfig, GptqParams, GroupRule, Propagation, QuantBackend,
+    QuantSearchParams, QuantSpec,
 };
 use evopress_search::{dp, init, mutation};
 use rand::SeedableRng;
@@ -220,20 +221,15 @@ fn gptq_error_is_well_below_rtn_on_real_layers() {
         if !unit.name.ends_with("v_proj") && !unit.name.ends_with("down_proj") {
             continue;
         }
-        let h: Vec<f32> = hs
-            .get(unit.input())
-            .data
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
+        let h = &hs.get(unit.input()).data;
         let w = unit.dense_weight(m);
         for bits in [2, 3] {
             let spec = QuantSpec::new(bits, 64);
-            let g = gptq(&w, unit.rows, unit.cols, &h, &spec, &GptqConfig::default()).unwrap();
+            let g = gptq(&w, unit.rows, unit.cols, h, &spec, &GptqConfig::default()).unwrap();
             let r = rtn(&w, unit.rows, unit.cols, &spec).unwrap();
             let (eg, er) = (
-                rel_error(&w, &g.w_hat, unit.rows, unit.cols, &h),
-                rel_error(&w, &r.w_hat, unit.rows, unit.cols, &h),
+                rel_error(&w, &g.w_hat, h, unit.rows, unit.cols).unwrap(),
+                rel_error(&w, &r.w_hat, h, unit.rows, unit.cols).unwrap(),
             );
             eprintln!("{} at {bits} bits: GPTQ {eg:.5}, RTN {er:.5}", unit.name);
             assert!(

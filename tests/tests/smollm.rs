@@ -1,5 +1,5 @@
 //! The real demo model (SmolLM2-135M-Instruct, Llama architecture) against the reference
-//! numbers of HF transformers in float32 (ASSETS.md, `tests/fixtures/smollm2-logits.json`).
+//! numbers of HF transformers in float32 (`tests/fixtures/smollm2-logits.json`).
 
 mod common;
 

@@ -7,6 +7,7 @@ mod common;
 use evopress_core::build::{build_database, BuildEvent, BuildRequest};
 use evopress_core::calibrate::BlockCalibrator;
 use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
+use evopress_core::hessian::rel_error;
 use evopress_core::store::{Manifest, VariantStore};
 use evopress_core::units::linear_units;
 use evopress_core::{load_model, CompressionBackend, LoadedModel};
@@ -14,8 +15,8 @@ use evopress_kernels::cpu::Cpu;
 use evopress_search::Genome;
 use evopress_sparse::backend::{ORIGINAL_CONFIG, TOML_CONFIG};
 use evopress_sparse::{
-    count_zeros, magnitude_prune, rel_error, SparseBackend, SparseGpt, SparseGptBuilder,
-    SparseGptConfig, SparseGptParams,
+    count_zeros, magnitude_prune, SparseBackend, SparseGpt, SparseGptBuilder, SparseGptConfig,
+    SparseGptParams,
 };
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -230,7 +231,7 @@ fn sparsegpt_error_is_well_below_magnitude_pruning_on_a_real_layer() {
             );
         }
     }
-    // The database's errors (f32 GEMM on the undamped H) agree with the f64 reference.
+    // The stored errors are those of the stored variants on a fresh calibration.
     let db = Manifest::read(full_db()).unwrap();
     let unit = linear_units(m).into_iter().find(|u| u.block == 0).unwrap();
     let entry = db.unit(&unit.name).unwrap();

@@ -214,10 +214,14 @@ impl GgufFile {
         let key = |k: &str| format!("{arch_name}.{k}");
         let count = |k: &str| self.get_u32(&key(k)).map(|v| v as usize);
         let n_head = count("attention.head_count")?;
+        if n_head == 0 {
+            // Checked before the head size is derived from it.
+            return Err(self.config_err(&key("attention.head_count"), "must be positive"));
+        }
         let hidden = count("embedding_length")?;
         let head_dim = match self.optional(&key("attention.key_length"), Self::get_u32)? {
             Some(d) => d as usize,
-            None => hidden / n_head.max(1),
+            None => hidden / n_head,
         };
         self.check_full_rotary(arch_name, head_dim)?;
         let token_ids = |k: &str| self.optional(&format!("tokenizer.ggml.{k}"), Self::get_u32);
@@ -246,7 +250,32 @@ impl GgufFile {
             bos_token_id: token_ids("bos_token_id")?,
             eos_token_id: token_ids("eos_token_id")?,
         };
-        cfg.validate(&self.path)?;
+        // The metadata key (or tensor) each field was read or derived from.
+        let has = |k: &str| self.get(&key(k)).is_some();
+        let (kv_from, dim_from) = (has("attention.head_count_kv"), has("attention.key_length"));
+        let source = |field: &str| match field {
+            "hidden_size" => key("embedding_length"),
+            "intermediate_size" => key("feed_forward_length"),
+            "num_hidden_layers" => key("block_count"),
+            "num_attention_heads" => key("attention.head_count"),
+            "num_key_value_heads" if kv_from => key("attention.head_count_kv"),
+            "num_key_value_heads" => format!(
+                "{} (no {} key: as many KV heads as query heads)",
+                key("attention.head_count"),
+                key("attention.head_count_kv")
+            ),
+            "head_dim" if dim_from => key("attention.key_length"),
+            "head_dim" => format!(
+                "{} / {}",
+                key("embedding_length"),
+                key("attention.head_count")
+            ),
+            "vocab_size" => "tensor token_embd.weight (its rows)".to_string(),
+            "rms_norm_eps" => key("attention.layer_norm_rms_epsilon"),
+            "rope_theta" => key("rope.freq_base"),
+            other => other.to_string(),
+        };
+        cfg.validate(&self.path, &source)?;
         Ok(cfg)
     }
 
@@ -303,8 +332,9 @@ impl GgufFile {
     }
 
     /// For a llama-arch q/k projection (weight or bias): the head count its rows were
-    /// permuted over by llama.cpp's converter. Other architectures are stored unpermuted.
-    fn permuted_heads(&self, hf_name: &str) -> Result<Option<usize>> {
+    /// permuted over by llama.cpp's converter, with the metadata key it was read from. Other
+    /// architectures are stored unpermuted.
+    fn permuted_heads(&self, hf_name: &str) -> Result<Option<(&'static str, usize)>> {
         if self.architecture().ok() != Some("llama") {
             return Ok(None);
         }
@@ -319,7 +349,7 @@ impl GgufFile {
         } else {
             return Ok(None);
         };
-        self.get_u32(key).map(|n| Some(n as usize))
+        self.get_u32(key).map(|n| Some((key, n as usize)))
     }
 
     /// The tensor's data as a weight in file layout (GGUF row order).
@@ -372,16 +402,18 @@ impl TensorSource for GgufFile {
         let Some(n_heads) = self.permuted_heads(name)? else {
             return Ok(w);
         };
+        let (key, n_heads) = n_heads;
         let out_features = if w.rows == 1 { w.cols } else { w.rows };
         if n_heads == 0 || !out_features.is_multiple_of(2 * n_heads) {
-            return Err(Error::format(
-                &self.path,
-                format!(
-                    "tensor `{}`: {out_features} output rows do not split into {n_heads} heads \
-                     of rotary pairs",
+            return Err(Error::Config {
+                path: self.path.clone(),
+                key: key.into(),
+                msg: format!(
+                    "{n_heads} heads: tensor `{}` has {out_features} output rows, which do not \
+                     split into {n_heads} heads of rotary pairs",
                     t.name
                 ),
-            ));
+            });
         }
         Ok(dequant::unpermute(&w, n_heads))
     }

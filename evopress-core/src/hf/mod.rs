@@ -4,9 +4,11 @@
 //! Every safetensors file is memory-mapped once; tensors are zero-copy [`Weight`] views into
 //! those maps, so a model costs one copy of its weights in RAM (the page cache's).
 
+mod header;
 mod shapes;
 mod write;
 
+pub(crate) use header::describe as describe_safetensors_error;
 pub use shapes::{check_shapes, expected_tensors};
 pub use write::write_hf_dir;
 
@@ -72,7 +74,48 @@ impl HfDir {
         for (path, expected) in files {
             hf.add_file(path, &expected)?;
         }
+        hf.check_all_used()?;
         Ok(hf)
+    }
+
+    /// Every tensor the files hold must be one the model reads: a `config.json` that declares
+    /// fewer layers (or another layout) than the weights hold would otherwise run a different
+    /// model than the checkpoint's, silently. Rotary `inv_freq` buffers (recomputed from
+    /// `rope_theta`) and the stored copy of a tied `lm_head.weight` are the only tensors
+    /// skipped.
+    fn check_all_used(&self) -> Result<()> {
+        let used: BTreeSet<String> = expected_tensors(&self.config)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let ignorable = |name: &str| {
+            name.ends_with(".rotary_emb.inv_freq")
+                || (name == "lm_head.weight" && self.config.tie_word_embeddings)
+        };
+        let unused: Vec<&TensorEntry> = (self.tensors.iter())
+            .filter(|t| !used.contains(&t.name) && !ignorable(&t.name))
+            .collect();
+        let Some(first) = unused.first() else {
+            return Ok(());
+        };
+        let mut names: Vec<&str> = unused.iter().take(5).map(|t| t.name.as_str()).collect();
+        if unused.len() > names.len() {
+            names.push("...");
+        }
+        let c = &self.config;
+        Err(Error::format(
+            &self.files[first.file].path,
+            format!(
+                "{} tensors are not used by the model {CONFIG} describes ({} layers of {}, \
+                 hidden size {}): {}; does {CONFIG} declare fewer layers or another \
+                 architecture than the checkpoint holds?",
+                unused.len(),
+                c.num_hidden_layers,
+                c.arch.model_type(),
+                c.hidden_size,
+                names.join(", ")
+            ),
+        ))
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -89,8 +132,15 @@ impl HfDir {
     /// (the names the index assigns to it).
     fn add_file(&mut self, path: PathBuf, expected: &[String]) -> Result<()> {
         let map = Arc::new(map_file(&path)?);
-        let (header_len, metadata) = SafeTensors::read_metadata(&map)
-            .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
+            Error::format(
+                &path,
+                format!(
+                    "not a valid safetensors file: {}",
+                    header::describe(&map, &e)
+                ),
+            )
+        })?;
         let data_start = 8 + header_len;
         let file = self.files.len();
         let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
@@ -143,8 +193,7 @@ impl TensorSource for HfDir {
         self.entry(name).ok().map(|t| t.shape.clone())
     }
 
-    /// Unsupported dtypes are rejected here rather than in [`HfDir::open`]: checkpoints
-    /// sometimes carry integer buffers (e.g. `position_ids`) that the model never reads.
+    /// Unsupported dtypes are rejected here, when the tensor is read, naming it.
     fn weight(&self, name: &str) -> Result<Weight> {
         let t = self.entry(name)?;
         let file = &self.files[t.file];

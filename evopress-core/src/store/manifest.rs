@@ -18,8 +18,12 @@ pub const MANIFEST: &str = "manifest.json";
 pub struct ModelInfo {
     /// Where it was loaded from (informative: a moved model file still matches).
     pub path: String,
-    /// [`crate::Model::fingerprint`].
+    /// [`crate::Model::fingerprint`]: the structure.
     pub fingerprint: String,
+    /// [`crate::Model::weights_fingerprint`]: the contents. Absent in stores written before
+    /// it was recorded, which are still read (checked by structure only) but not resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
     pub arch: String,
     pub blocks: usize,
 }
@@ -29,9 +33,42 @@ impl ModelInfo {
         ModelInfo {
             path: path.display().to_string(),
             fingerprint: model.fingerprint(),
+            weights: Some(model.weights_fingerprint()),
             arch: model.config.arch.model_type().into(),
             blocks: model.layers.len(),
         }
+    }
+
+    /// Refuses a store whose weights fingerprint is not `current`'s (`None` in `self`: a store
+    /// from before weight fingerprints, acceptable only where `allow_unrecorded`). `dir` is
+    /// the store, for the message.
+    pub fn check_weights(
+        &self,
+        current: &ModelInfo,
+        dir: &Path,
+        allow_unrecorded: bool,
+    ) -> Result<()> {
+        let new = current.weights.as_deref().unwrap_or("none");
+        let msg = match self.weights.as_deref() {
+            Some(old) if old == new => return Ok(()),
+            None if allow_unrecorded => return Ok(()),
+            Some(old) => format!(
+                "the database was built for other weights (model {}, weights fingerprint \
+                 {old}) than this model's (weights fingerprint {new}): it belongs to another \
+                 checkpoint of the same shape; use that model, or another directory",
+                self.path
+            ),
+            None => format!(
+                "the database was written before stores recorded the weights' fingerprint, so \
+                 it cannot be checked against this model (weights fingerprint {new}); rebuild \
+                 it (delete the directory)"
+            ),
+        };
+        Err(Error::Config {
+            path: dir.join(MANIFEST),
+            key: "model.weights".into(),
+            msg,
+        })
     }
 }
 

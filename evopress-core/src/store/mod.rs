@@ -1,6 +1,6 @@
-//! The variant store: a database directory of compressed variants (SPEC §3.2/§3.3,
-//! DESIGN "VariantStore"), memory-mapped for reading, written atomically, resumable and
-//! checksummed. Backend-agnostic: a backend decides which tensors make up a variant.
+//! The variant store: a database directory of compressed variants (docs/variant-store.md),
+//! memory-mapped for reading, written atomically, resumable and checksummed. Backend-agnostic: a
+//! backend decides which tensors make up a variant.
 //!
 //! ```text
 //! <dir>/manifest.json              header, units and levels, files with xxh3, progress
@@ -24,6 +24,7 @@ pub use writer::StoreWriter;
 use crate::error::{Error, Result};
 use half::f16;
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -179,58 +180,20 @@ pub struct VariantStore {
 }
 
 impl VariantStore {
-    /// Reads the manifest, checks every listed file's size and xxh3 (fast: ~GB/s), maps it
-    /// and indexes its tensors. Errors name the file and say what was expected.
+    /// Reads the manifest, checks every listed file's size and xxh3 (fast: ~GB/s), maps it,
+    /// indexes its tensors and checks that every float in it (values, scales, zeros) is
+    /// finite. Files are verified in parallel. Errors name the file (and the tensor) and say
+    /// what was expected.
     pub fn open(dir: &Path) -> Result<VariantStore> {
         let manifest = Manifest::read(dir)?;
+        let names: Vec<&String> = manifest.files.keys().collect();
+        let files = names
+            .par_iter()
+            .map(|name| open_file(dir, name, &manifest.files[*name]))
+            .collect::<Result<Vec<_>>>()?;
         let mut index = HashMap::new();
-        for name in manifest.files.keys() {
-            let path = dir.join(name);
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: store files are only ever replaced by rename, never modified in place.
-            let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
-            let got = FileEntry {
-                bytes: map.len() as u64,
-                xxh3: hex(xxhash_rust::xxh3::xxh3_64(&map)),
-            };
-            let want = &manifest.files[name];
-            if got != *want {
-                return Err(Error::format(
-                    &path,
-                    format!(
-                        "expected {} bytes with xxh3 {}, found {} bytes with xxh3 {}: the file \
-                         is damaged; rebuild the database (delete the directory, or resume \
-                         the build to rewrite this block)",
-                        want.bytes, want.xxh3, got.bytes, got.xxh3
-                    ),
-                ));
-            }
-            let (header_len, meta) = SafeTensors::read_metadata(&map)
-                .map_err(|e| Error::format(&path, format!("bad safetensors header: {e}")))?;
-            let data_start = 8 + header_len;
-            for (tname, info) in meta.tensors() {
-                let dtype = VariantDType::from_safetensors(info.dtype).ok_or_else(|| {
-                    Error::format(
-                        &path,
-                        format!("tensor `{tname}` has dtype {:?}", info.dtype),
-                    )
-                })?;
-                let offset = data_start + info.data_offsets.0;
-                if offset % dtype.size_of() != 0 {
-                    return Err(Error::format(
-                        &path,
-                        format!(
-                            "tensor `{tname}` starts at byte {offset}, not aligned to {}",
-                            dtype.size_of()
-                        ),
-                    ));
-                }
-                let raw = RawTensor {
-                    map: map.clone(),
-                    offset,
-                    dtype,
-                    shape: info.shape.clone(),
-                };
+        for (name, tensors) in names.into_iter().zip(files) {
+            for (tname, raw) in tensors {
                 index.insert(tname, (name.clone(), raw));
             }
         }
@@ -266,6 +229,96 @@ impl VariantStore {
                 })
             }
         }
+    }
+}
+
+/// Maps one listed block file, checks its size and checksum against `want`, and returns its
+/// tensors, each checked to be aligned and, for float dtypes, finite.
+fn open_file(dir: &Path, name: &str, want: &FileEntry) -> Result<Vec<(String, RawTensor)>> {
+    let path = dir.join(name);
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    // SAFETY: store files are only ever replaced by rename, never modified in place.
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
+    let got = FileEntry {
+        bytes: map.len() as u64,
+        xxh3: hex(xxhash_rust::xxh3::xxh3_64(&map)),
+    };
+    if got != *want {
+        return Err(Error::format(
+            &path,
+            format!(
+                "expected {} bytes with xxh3 {}, found {} bytes with xxh3 {}: the file is \
+                 damaged; rebuild the database (delete the directory, or resume the build to \
+                 rewrite this block)",
+                want.bytes, want.xxh3, got.bytes, got.xxh3
+            ),
+        ));
+    }
+    let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+        let what = crate::hf::describe_safetensors_error(&map, &e);
+        Error::format(&path, format!("bad safetensors file: {what}"))
+    })?;
+    let data_start = 8 + header_len;
+    let mut out = Vec::new();
+    for (tname, info) in meta.tensors() {
+        let dtype = VariantDType::from_safetensors(info.dtype).ok_or_else(|| {
+            Error::format(
+                &path,
+                format!("tensor `{tname}` has dtype {:?}", info.dtype),
+            )
+        })?;
+        let offset = data_start + info.data_offsets.0;
+        if offset % dtype.size_of() != 0 {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "tensor `{tname}` starts at byte {offset}, not aligned to {}",
+                    dtype.size_of()
+                ),
+            ));
+        }
+        let raw = RawTensor {
+            map: map.clone(),
+            offset,
+            dtype,
+            shape: info.shape.clone(),
+        };
+        check_finite(&tname, raw.dtype, raw.bytes())
+            .map_err(|msg| Error::format(&path, format!("{msg}: rebuild the database")))?;
+        out.push((tname, raw));
+    }
+    Ok(out)
+}
+
+/// Refuses a float tensor holding NaN or inf (a variant built from a broken Hessian, or bytes
+/// damaged before their checksum was taken), naming the tensor and the first bad element.
+pub(crate) fn check_finite(
+    name: &str,
+    dtype: VariantDType,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let bad = match dtype {
+        VariantDType::F16 => (bytes.chunks_exact(2))
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00)
+            .map(|i| {
+                (
+                    i,
+                    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f64(),
+                )
+            }),
+        VariantDType::F32 => (bytes.chunks_exact(4))
+            .position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            .map(|i| {
+                let b: [u8; 4] = bytes[4 * i..4 * i + 4].try_into().expect("4 bytes");
+                (i, f32::from_le_bytes(b) as f64)
+            }),
+        VariantDType::U64 | VariantDType::U32 | VariantDType::U8 => None,
+    };
+    match bad {
+        Some((i, v)) => Err(format!(
+            "tensor `{name}` holds {v} at element {i}, but a variant must be finite"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -8,6 +8,7 @@ fn header() -> StoreHeader {
         model: ModelInfo {
             path: "/m.gguf".into(),
             fingerprint: "00112233".into(),
+            weights: Some("44556677".into()),
             arch: "llama".into(),
             blocks: 2,
         },
@@ -184,4 +185,50 @@ fn missing_tensor_and_manifest_errors() {
         .unwrap()
         .to_string();
     assert!(msg.contains("notes.txt"), "{msg}");
+}
+
+#[test]
+fn non_finite_variants_are_refused_when_written_and_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = build(dir.path(), &[0]);
+    let nan = |values: &[f32]| {
+        let p = "model.layers.1.mlp.up_proj/-2";
+        let h: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+        vec![(format!("{p}/values"), TensorData::f16(&[3], &h))]
+    };
+    let msg = w
+        .write_block(1, &nan(&[1.0, f32::NAN, 2.0]), vec![unit(1)], 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("block-001.safetensors")
+            && msg.contains("`model.layers.1.mlp.up_proj/-2/values`")
+            && msg.contains("element 1"),
+        "{msg}"
+    );
+    assert!(!w.is_block_done(1));
+
+    // A block whose bytes hold an infinity under a matching checksum (written by something
+    // else than this writer) is refused on open, naming the tensor.
+    w.write_block(1, &nan(&[1.0, 1.0, 2.0]), vec![unit(1)], 1.0)
+        .unwrap();
+    let path = dir.path().join("block-001.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let one = f16::from_f32(1.0).to_le_bytes();
+    let at = bytes.windows(2).rposition(|b| b == one).unwrap();
+    bytes[at..at + 2].copy_from_slice(&f16::INFINITY.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let manifest = dir.path().join(manifest::MANIFEST);
+    let mut m: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m.files
+        .insert("block-001.safetensors".into(), hash_file(&path).unwrap());
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let msg = VariantStore::open(dir.path()).err().unwrap().to_string();
+    assert!(
+        msg.contains("block-001.safetensors")
+            && msg.contains("`model.layers.1.mlp.up_proj/-2/values`")
+            && msg.contains("inf"),
+        "{msg}"
+    );
 }

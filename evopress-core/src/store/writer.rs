@@ -3,7 +3,7 @@
 //! temp + rename) lists it, so a block is either fully present and listed, or absent.
 
 use super::manifest::{block_file, FileEntry, Manifest, StoreHeader, UnitEntry, MANIFEST};
-use super::{hash_file, TensorData};
+use super::{check_finite, hash_file, TensorData};
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::Write;
@@ -18,14 +18,21 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts a store in `dir` (created if needed; it must hold no other files), or resumes
     /// the one there if its header equals `header`. A store built with anything else is an
-    /// error naming the first differing key: the caller must pick another directory or
-    /// delete it. On resume, listed blocks whose file is missing or fails its checksum are
+    /// error naming the first differing key (for other weights of the same model structure,
+    /// both weight fingerprints): the caller must pick another directory or delete it. On resume, listed blocks whose file is missing or fails its checksum are
     /// dropped from `blocks_done` (they will be rebuilt), and stale `.tmp` files removed.
     pub fn create_or_resume(dir: &Path, header: StoreHeader) -> Result<StoreWriter> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST);
         let writer = if manifest_path.exists() {
             let mut manifest = Manifest::read(dir)?;
+            let same_structure = manifest.header.model.fingerprint == header.model.fingerprint;
+            if same_structure {
+                manifest
+                    .header
+                    .model
+                    .check_weights(&header.model, dir, false)?;
+            }
             if let Some((key, old, new)) = manifest.header.first_difference(&header) {
                 return Err(Error::Config {
                     path: manifest_path,
@@ -116,6 +123,14 @@ impl StoreWriter {
         }
         let name = block_file(b);
         let path = self.dir.join(&name);
+        for (tname, t) in tensors {
+            check_finite(tname, t.dtype, &t.bytes).map_err(|msg| {
+                Error::Invalid(format!(
+                    "{}: not written: {msg} (check the calibration data and rel_damp)",
+                    path.display()
+                ))
+            })?;
+        }
         let tmp = self.dir.join(format!("{name}.tmp"));
         let data = tensors.iter().map(|(n, t)| (n.as_str(), t));
         safetensors::serialize_to_file(data, &None, &tmp)

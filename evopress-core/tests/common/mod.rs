@@ -24,7 +24,7 @@ pub fn smollm2_gguf() -> PathBuf {
     asset("smollm2-135m-instruct.gguf")
 }
 
-/// Reference token ids and logits from HF transformers (see ASSETS.md).
+/// Reference token ids and logits from HF transformers (the fixture names the model and version).
 pub fn reference() -> serde_json::Value {
     let p = workspace().join("tests/fixtures/smollm2-logits.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

@@ -1,5 +1,5 @@
 //! `out[c, c] = Xᵀ·X` for `x[n, c]`: the Gram matrix of a linear layer's inputs, from which
-//! the calibration engine accumulates Hessians (SPEC §2.4.5).
+//! the calibration engine accumulates Hessians (docs/sparsegpt-gptq.md).
 //!
 //! One gemm call with `Xᵀ` read through swapped strides (no transposed copy). gemm splits
 //! the `c × c` output across the rayon pool itself; with `n` (tokens) as the reduction

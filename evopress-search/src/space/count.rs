@@ -1,5 +1,5 @@
 //! Counting the legal genomes of a space, so that a search asking for more distinct offspring
-//! than exist fails up front instead of spinning (SPEC 4.7).
+//! than exist fails up front instead of spinning.
 
 use super::SearchSpace;
 

@@ -67,7 +67,7 @@ impl Unit {
 /// How every random initial genome looks inside one group: all units at `base`, then exactly
 /// `moved` units, chosen at random among those where `moved_to` is legal, at `moved_to`.
 /// This one shape covers the depth start (k random drops), the uniform start (`moved = 0`) and
-/// the per-group exact quantization start of branch `fused_proj_search` (SPEC 4.4).
+/// the per-group exact quantization start of branch `fused_proj_search` (docs/search.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStart {
     pub base: i32,
@@ -91,7 +91,7 @@ pub struct Group {
     pub start: GroupStart,
 }
 
-/// The rule that keeps a genome within budget, and so also which mutation applies (SPEC 4.3).
+/// The rule that keeps a genome within budget, and so also which mutation applies (docs/search.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Budget {
