@@ -63,7 +63,9 @@ impl StoreWriter {
             }
         } else {
             let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-            if let Some(other) = entries.flatten().find(|e| !is_tmp(&e.path())) {
+            // The build's own lock file (fsutil::DirLock) may already be there.
+            let foreign = |e: &std::fs::DirEntry| !is_tmp(&e.path()) && e.file_name() != ".lock";
+            if let Some(other) = entries.flatten().find(foreign) {
                 return Err(Error::Invalid(format!(
                     "{}: the directory is not a variant store (it holds {} but no {MANIFEST}); \
                      use an empty or new directory",
