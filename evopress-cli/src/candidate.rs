@@ -3,9 +3,7 @@
 //! same files the same way.
 
 use anyhow::{Context, Result};
-use evopress_core::units::linear_units;
 use evopress_core::{BlockPlan, Candidate, Model};
-use evopress_kernels::Weight;
 use evopress_prune::drop_config;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -107,43 +105,4 @@ pub fn describe(report: &Map<String, Value>) -> Vec<String> {
         ));
     }
     lines
-}
-
-/// The candidate's weights under their HF names, replacing the dense ones in `tensors`: every
-/// compressed unit as the dense matrix it stands for, and every dropped sub-block as a zero
-/// output projection (its residual branch then adds exactly nothing, so any tool that loads
-/// the directory computes what our forward pass computes).
-pub fn replace_tensors(candidate: &Candidate, tensors: &mut [(String, Weight)]) -> Result<()> {
-    let model = &candidate.model;
-    let mut replaced: Vec<(String, Weight)> = Vec::new();
-    for unit in linear_units(model) {
-        let mut data = Vec::with_capacity(unit.numel());
-        for p in &unit.parts {
-            data.extend(model.linear(unit.block, p.kind).weight.to_f32_vec());
-        }
-        replaced.push((
-            format!("{}.weight", unit.name),
-            Weight::from_f32(unit.rows, unit.cols, data),
-        ));
-    }
-    for (b, p) in candidate.plan.iter().enumerate() {
-        let layer = &model.layers[b];
-        let zero = |w: &Weight| Weight::from_f32(w.rows, w.cols, vec![0.0; w.numel()]);
-        if !p.attn {
-            let o = &layer.self_attn.o_proj.weight;
-            replaced.push((format!("model.layers.{b}.self_attn.o_proj.weight"), zero(o)));
-        }
-        if !p.mlp {
-            let d = &layer.mlp.down_proj.weight;
-            replaced.push((format!("model.layers.{b}.mlp.down_proj.weight"), zero(d)));
-        }
-    }
-    for (name, w) in replaced {
-        let slot = tensors
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| anyhow::anyhow!("the model file has no tensor `{name}`"))?;
-        slot.1 = w;
-    }
-    Ok(())
 }

@@ -1,13 +1,15 @@
-//! `evopress convert`: write an HF directory (config.json, tokenizer.json, model.safetensors)
-//! that HF transformers and this tool load with identical logits, optionally of a compressed
-//! model (a depth, sparsity or bit-width config applied: see [`CandidateArgs`]).
+//! `evopress convert`: write a model, optionally compressed by a depth, sparsity or bit-width
+//! config ([`CandidateArgs`]), in a format other tools deploy (the `evopress-export` crate):
+//! an HF directory, a GPTQ checkpoint directory or a GGUF file.
 
-use crate::candidate::{replace_tensors, CandidateArgs};
-use anyhow::{Context, Result};
-use evopress_core::hf::write_hf_dir;
-use evopress_core::source::read_all;
+use crate::candidate::CandidateArgs;
+use anyhow::{bail, Context, Result};
 use evopress_core::{Model, ModelSource};
+use evopress_export::gguf::{GgufOptions, GgufQuant};
+use evopress_export::gptq::{GptqFormat, GptqOptions};
+use evopress_export::hf::{HfOptions, SparseFormat};
 use evopress_kernels::DType;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -15,14 +17,22 @@ pub struct Args {
     /// A `.gguf` file or an HF directory.
     #[arg(long)]
     model: PathBuf,
-    /// Output directory (created).
+    /// Output: a directory for hf and gptq (created), a file for gguf.
     #[arg(long)]
     out: PathBuf,
-    /// Element type of the written weights. f32 keeps dequantized GGUF weights exact.
+    /// hf: transformers directory; gptq: GPTQ checkpoint of a bit-width result; gguf: llama.cpp
+    /// file (needs a GGUF model).
+    #[arg(long, default_value = "hf", value_parser = ["hf", "gptq", "gguf"])]
+    to: String,
+    /// hf: dense | sparse-bitmask (default: sparse-bitmask when the model has sparse layers);
+    /// gptq: auto | gptq | gptq_v2 (zero-point convention, default auto);
+    /// gguf: compact | exact (quantized layers in Q4_1 where they fit, or all in exact Q8_0).
+    #[arg(long)]
+    format: Option<String>,
+    /// Element type of dense weights (hf, and re-encoded dense tensors of gguf). f32 keeps
+    /// dequantized GGUF weights exact.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     dtype: String,
-    /// Write the model compressed by these configs (sparse and quantized layers as the dense
-    /// matrices they stand for, dropped sub-blocks as zero output projections).
     #[command(flatten)]
     compress: CandidateArgs,
 }
@@ -30,26 +40,53 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let src =
         ModelSource::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let config = src.config()?;
     let dtype = match a.dtype.as_str() {
         "f16" => DType::F16,
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut tensors = read_all(src.tensors())?;
-    let compressed = a
-        .compress
-        .apply(&Model::from_source(config.clone(), src.tensors())?)?;
-    if !compressed.report.is_empty() {
-        replace_tensors(&compressed.candidate, &mut tensors)?;
-    }
+    let model = Model::from_source(src.config()?, src.tensors())?;
+    let compressed = a.compress.apply(&model)?;
     for line in crate::candidate::describe(&compressed.report) {
         println!("{line}");
     }
-    write_hf_dir(&a.out, &config, tensors, dtype)?;
-    if let Some(tok) = src.tokenizer()? {
-        tok.save(a.out.join("tokenizer.json"))?;
+    let candidate = &compressed.candidate;
+    let format = a.format.as_deref();
+    let report = match a.to.as_str() {
+        "gptq" => {
+            let format = match format.unwrap_or("auto") {
+                "auto" => GptqFormat::Auto,
+                "gptq" => GptqFormat::V1,
+                "gptq_v2" => GptqFormat::V2,
+                other => bail!("--format {other}: gptq formats are auto, gptq, gptq_v2"),
+            };
+            evopress_export::gptq::write_gptq(candidate, &src, &a.out, &GptqOptions { format })
+        }
+        "gguf" => {
+            let quant = match format.unwrap_or("compact") {
+                "compact" => GgufQuant::Compact,
+                "exact" => GgufQuant::Exact,
+                other => bail!("--format {other}: gguf formats are compact, exact"),
+            };
+            let opts = GgufOptions {
+                dense: dtype,
+                quant,
+            };
+            evopress_export::gguf::write_gguf(candidate, &src, &a.out, &opts, HashMap::new())
+        }
+        _ => {
+            let sparse = match format {
+                None if compressed.report.contains_key("sparse_config") => SparseFormat::Bitmask,
+                None | Some("dense") => SparseFormat::Dense,
+                Some("sparse-bitmask") => SparseFormat::Bitmask,
+                Some(other) => bail!("--format {other}: hf formats are dense, sparse-bitmask"),
+            };
+            evopress_export::hf::write_hf(candidate, &src, &a.out, &HfOptions { dtype, sparse })
+        }
+    }
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    for line in report.lines() {
+        println!("{line}");
     }
     println!("wrote {}", a.out.display());
     Ok(())

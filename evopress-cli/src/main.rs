@@ -68,11 +68,8 @@ fn main() -> Result<()> {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// half-written file and a killed process leaves the previous version.
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename; see
+/// [`evopress_core::fsutil`]).
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use anyhow::Context;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    Ok(evopress_core::fsutil::write_atomically(path, bytes)?)
 }

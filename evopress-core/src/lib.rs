@@ -1,5 +1,6 @@
 //! evopress-core: everything between a model file and a fitness number.
 //!
+//! - [`fsutil`]: the one atomic file write every output goes through;
 //! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
 //! - [`data`]: text files to token windows, perplexity;
@@ -18,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod fitness;
+pub mod fsutil;
 pub mod gguf;
 pub mod hf;
 pub mod level_config;

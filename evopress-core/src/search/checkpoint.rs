@@ -5,10 +5,10 @@ use super::config::SearchConfig;
 use super::evolve::{GenerationRecord, Search, SearchState};
 use super::space::{Genome, SearchSpace};
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomically;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 const FORMAT: u32 = 1;
@@ -129,38 +129,6 @@ impl Search<'_> {
             rng: checkpoint.rng.restore(),
         })
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::format(path, "a checkpoint path must name a file"))?;
-    let mut temp_name = file_name.to_owned();
-    temp_name.push(".tmp");
-    let temp = path.with_file_name(temp_name);
-    let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&temp, e))?;
-    fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
-    sync_parent_dir(path)
-}
-
-/// Makes the rename itself durable.
-#[cfg(unix)]
-fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_parent_dir(_path: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// Stores an `f64` as the string of its shortest round-trip decimal. serde_json's default
