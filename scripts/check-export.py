@@ -112,8 +112,10 @@ def check_sparse(a):
         raise SystemExit(f"{a.dir}: config.json has no compressed-tensors config")
     qc = config.quantization_config
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     compressor.decompress(a.dir, model)
+    # Decompression registers new parameters, which unties a tied LM head from the embedding.
+    model.tie_weights()
     model.eval()
     sparsity = qc["sparsity_config"]
     zeros = sum((p == 0).sum().item() for n, p in model.named_parameters()

@@ -1,7 +1,9 @@
-//! `evopress generate`: greedy decoding with a KV cache.
+//! `evopress generate`: greedy decoding with a KV cache, of the model or of a compressed
+//! candidate of it (the same flags as `eval`).
 
+use crate::candidate::CandidateArgs;
 use anyhow::{Context, Result};
-use evopress_core::{load_model, BlockPlan};
+use evopress_core::load_model;
 use evopress_kernels::cpu::Cpu;
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,21 +21,23 @@ pub struct Args {
     /// Print the new token ids and timing as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    compress: CandidateArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = loaded.tokenizer()?;
-    let model = &loaded.model;
+    let candidate = a.compress.apply(&loaded.model)?.candidate;
+    let (model, plan) = (&candidate.model, &candidate.plan);
     let prompt = tok.encode(&a.prompt)?;
-    let plan = vec![BlockPlan::FULL; model.layers.len()];
     let t0 = Instant::now();
     let ids = model.generate(
         &Cpu,
         &prompt,
         a.max_tokens,
         model.config.eos_token_id,
-        &plan,
+        plan,
     )?;
     let seconds = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids)?;
