@@ -205,9 +205,10 @@ def check_gguf(a):
         res = json.loads(res)
     if res.get("error"):
         raise SystemExit(f"llama.cpp: {res['error']}")
-    tokens = res.get("tokens", [])
-    n_prompt = res.get("timings", {}).get("prompt_n")
-    print(f"llama.cpp: prompt {n_prompt} tokens, generated {tokens} {res.get('content')!r}")
+    choice = res["choices"][0]
+    tokens = [t["id"] for t in choice["logprobs"]["content"]]
+    n_prompt = res["usage"]["prompt_tokens"]
+    print(f"llama.cpp: prompt {n_prompt} tokens, generated {tokens} {choice['text']!r}")
     ok = tokens == a.expect_top1
     print(f"{'ok  ' if ok else 'FAIL'} greedy tokens equal evopress's {a.expect_top1}")
     if a.expect_tokens is not None:

@@ -32,13 +32,7 @@ pub fn run(a: Args) -> Result<()> {
     let (model, plan) = (&candidate.model, &candidate.plan);
     let prompt = tok.encode(&a.prompt)?;
     let t0 = Instant::now();
-    let ids = model.generate(
-        &Cpu,
-        &prompt,
-        a.max_tokens,
-        model.config.eos_token_id,
-        plan,
-    )?;
+    let ids = model.generate(&Cpu, &prompt, a.max_tokens, model.config.eos_token_id, plan)?;
     let seconds = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids)?;
     if a.json {

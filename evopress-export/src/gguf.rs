@@ -149,6 +149,12 @@ pub fn write_gguf(
         let hf = hf_name(&out_name, fused);
         let tensor = hf.as_deref().and_then(|n| by_name.get(n).copied());
         if let Some(e) = encoded.remove(&out_name) {
+            if e.dims != info.dims {
+                return Err(Error::Invalid(format!(
+                    "the encoded tensor `{out_name}` has dims {:?}, the model's has {:?}",
+                    e.dims, info.dims
+                )));
+            }
             w.add_tensor(out_name, &e.dims, e.ty, e.bytes)?;
             stats.given += 1;
             continue;
