@@ -23,7 +23,7 @@ pub fn blockable(m: &PackedMatrix) -> Result<(), String> {
     if m.perm().is_some() {
         return Err("act-order permutation (ggml blocks are consecutive columns)".into());
     }
-    if m.group_size() % QK != 0 || m.cols() % QK != 0 {
+    if !m.group_size().is_multiple_of(QK) || !m.cols().is_multiple_of(QK) {
         return Err(format!(
             "group size {} / {} columns are not whole blocks of {QK}",
             m.group_size(),
@@ -110,7 +110,7 @@ pub fn q4_1(m: &PackedMatrix, rows: &[usize]) -> (Vec<u8>, f32) {
 
 /// `n` weights of exact zeros as `Q4_0` blocks (`d = 0`): 4.5 bits per weight.
 pub fn q4_0_zeros(n: usize) -> Vec<u8> {
-    let mut block = vec![0u8; 18];
+    let mut block = [0u8; 18];
     block[2..].fill(0x88);
     block.repeat(n / QK)
 }

@@ -130,7 +130,7 @@ pub fn unrepresentable(l: &Logical, zero_offset: i32) -> Option<String> {
     if !(2..=8).contains(&l.bits) {
         return Some(format!("{}-bit codes (GPTQ holds 2 to 8 bits)", l.bits));
     }
-    if l.cols % 32 != 0 || l.rows % 32 != 0 {
+    if !l.cols.is_multiple_of(32) || !l.rows.is_multiple_of(32) {
         return Some(format!(
             "shape [{}, {}] (GPTQ packs whole blocks of 32 inputs and outputs)",
             l.rows, l.cols

@@ -122,6 +122,9 @@ fn from_gguf(out: &Path, g: &GgufFile, config: &ModelConfig) -> Result<SpecialId
         "additional_special_tokens": additional,
         "clean_up_tokenization_spaces": false,
         "model_max_length": config.max_position_embeddings,
+        // PreTrainedTokenizerFast would also return token_type_ids, which a decoder-only
+        // model's generate() rejects.
+        "model_input_names": ["input_ids", "attention_mask"],
     });
     let mut map = json!({ "additional_special_tokens": additional });
     for (key, value) in &named {
