@@ -136,7 +136,12 @@ impl GgufWriter {
         let align = self.alignment();
         let io = |e| Error::io(path, e);
         out.write_all(&self.header()?).map_err(io)?;
+        let mut written = 0u64;
         for t in self.tensors {
+            // Pad up to the tensor's offset (no padding after the last tensor).
+            let pad = (written.div_ceil(align) * align - written) as usize;
+            out.write_all(&vec![0u8; pad]).map_err(io)?;
+            written += pad as u64;
             let data = match t.bytes {
                 TensorBytes::Ready(d) => d,
                 TensorBytes::Deferred(encode) => encode()?,
@@ -153,8 +158,7 @@ impl GgufWriter {
                 )));
             }
             out.write_all(&data).map_err(io)?;
-            let pad = (t.len.div_ceil(align) * align - t.len) as usize;
-            out.write_all(&vec![0u8; pad]).map_err(io)?;
+            written += t.len;
         }
         Ok(())
     }
