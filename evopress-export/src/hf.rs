@@ -89,8 +89,13 @@ pub fn write_hf(
             if opts.sparse == SparseFormat::Bitmask {
                 dense_linears.push(module.to_string());
             }
-            let values = data.to_f32(rows, cols);
-            zeros += values.iter().filter(|&&v| v == 0.0).count();
+            if let LinearData::Masked(_) = data {
+                zeros += data
+                    .to_f32(rows, cols)
+                    .iter()
+                    .filter(|&&v| v == 0.0)
+                    .count();
+            }
             let tensor = StTensor::new(
                 st_dtype(dtype),
                 t.shape.clone(),

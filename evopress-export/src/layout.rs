@@ -75,12 +75,10 @@ impl Layout {
     /// One line describing what the depth plan became, e.g. "30 -> 24 layers (6 whole blocks
     /// removed); attention dropped in output layers [3]; MLP dropped in output layers []".
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "{} -> {} layers ({} whole blocks removed, renumbered)",
-            self.source_blocks,
-            self.blocks.len(),
-            self.removed()
-        );
+        let mut s = format!("{} -> {} layers", self.source_blocks, self.blocks.len());
+        if self.removed() > 0 {
+            s += &format!(" ({} whole blocks removed, renumbered)", self.removed());
+        }
         let (a, m) = (self.attention_dropped(), self.mlp_dropped());
         if !a.is_empty() {
             s += &format!("; attention dropped in output layers {a:?}");
