@@ -368,6 +368,9 @@ fn zero_counts_are_refused_and_errors_carry_no_backtrace() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no/such.gguf"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no/such.gguf"),
+        "{err}"
+    );
     assert!(!err.contains("backtrace"), "{err}");
 }
