@@ -43,7 +43,7 @@ fn tokens() -> Vec<u32> {
 fn header(model: &Model, path: &Path) -> StoreHeader {
     StoreHeader {
         backend: "test".into(),
-        format: "masked".into(),
+        variant_format: "masked".into(),
         model: ModelInfo::of(model, path),
         params: serde_json::json!({}),
         calibration: serde_json::json!({}),
