@@ -172,7 +172,7 @@ pub struct BaselinesSection {
 }
 
 fn default_baseline_tokens() -> usize {
-    2048
+    1024
 }
 
 impl BaselinesSection {
