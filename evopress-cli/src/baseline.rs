@@ -3,7 +3,7 @@
 
 use crate::METHODS;
 use anyhow::Result;
-use evopress_kernels::cpu::Cpu;
+use evopress_kernels::Device;
 use evopress_pipeline::{run_baselines, Selection};
 use std::path::PathBuf;
 
@@ -20,13 +20,19 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+impl Args {
+    pub fn config(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let selection = match a.methods.as_slice() {
         [one] if one == "cheap" => Selection::Cheap,
         [one] if one == "all" => Selection::All,
         names => Selection::Named(names.to_vec()),
     };
-    let rows = run_baselines(METHODS, &a.config, &Cpu, &selection, a.quiet)?;
+    let rows = run_baselines(METHODS, &a.config, dev, &selection, a.quiet)?;
     for r in &rows {
         println!(
             "{:>16}  held-out perplexity {:.4}  ({:.1}s)",

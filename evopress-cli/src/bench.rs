@@ -50,10 +50,13 @@ pub struct ForwardArgs {
     configs: crate::configs::ConfigArgs,
 }
 
-pub fn run(c: Command) -> Result<()> {
+pub fn run(c: Command, device: Option<&str>) -> Result<()> {
     match c {
         Command::Forward(a) => forward(a),
-        Command::Search(a) => search(a),
+        Command::Search(a) => {
+            let dev = crate::device::choose(device, Some(&a.config))?;
+            search(a, &*dev)
+        }
     }
 }
 
@@ -268,9 +271,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn search(a: SearchArgs) -> Result<()> {
+fn search(a: SearchArgs, dev: &dyn Device) -> Result<()> {
     let runs =
-        evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations as usize)?;
+        evopress_pipeline::bench::search(crate::METHODS, &a.config, dev, a.generations as usize)?;
     if a.json {
         println!("{}", serde_json::to_string(&runs)?);
         return Ok(());

@@ -4,7 +4,7 @@ use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
 use evopress_core::load_model;
-use evopress_kernels::cpu::Cpu;
+use evopress_kernels::Device;
 use evopress_pipeline::progress;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let t0 = Instant::now();
     let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let tokenizer = loaded.tokenizer()?;
@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
     let (candidate, report) = a.configs.configs().apply(&loaded.model)?;
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(&candidate.model, &Cpu, &windows, &candidate.plan, |i| {
+    let sum = data::perplexity(&candidate.model, dev, &windows, &candidate.plan, |i| {
         bar.set_position(i as u64)
     })?;
     bar.finish_and_clear();

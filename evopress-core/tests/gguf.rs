@@ -246,7 +246,7 @@ fn metadata_type_errors_name_the_key() {
 fn config_errors_name_the_metadata_key_at_fault() {
     let dir = tempfile::tempdir().unwrap();
     let config_key = |overrides: &[(&str, Option<MetaValue>)]| {
-        let path = write(&tiny_llama_with(overrides), dir.path(), "bad.gguf");
+        let path = write(tiny_llama_with(overrides), dir.path(), "bad.gguf");
         match GgufFile::open(&path).unwrap().model_config() {
             Err(Error::Config { key, msg, .. }) => (key, msg),
             other => panic!("{overrides:?}: {:?}", other.err()),
@@ -294,7 +294,7 @@ fn q_and_k_rows_that_do_not_split_into_heads_name_the_head_count_key() {
         ("llama.attention.head_count_kv", "k_proj"),
     ] {
         let w = tiny_llama_with(&[(key, Some(MetaValue::U32(3)))]);
-        let g = GgufFile::open(write(&w, dir.path(), "heads.gguf")).unwrap();
+        let g = GgufFile::open(write(w, dir.path(), "heads.gguf")).unwrap();
         let name = format!("model.layers.0.self_attn.{tensor}.weight");
         match g.weight(&name) {
             Err(Error::Config { key: k, msg, .. }) => {
