@@ -33,6 +33,6 @@ pub mod variants;
 pub use backend::{Candidate, CompressionBackend};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
-pub use load::{load_model, LoadedModel, ModelSource};
+pub use load::{load_model, load_model_with, LoadOptions, LoadedModel, ModelSource};
 pub use model::{BlockPlan, LinearInput, LinearKind, Model};
 pub use source::TensorSource;

@@ -409,7 +409,6 @@ impl Model {
     /// Embedding rows for `tokens`, `[n, hidden]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let h = self.hidden_size();
-        let table = self.embed_tokens.view();
         let mut out = vec![0f32; tokens.len() * h];
         for (row, &t) in out.chunks_exact_mut(h).zip(tokens) {
             if t as usize >= self.vocab_size() {
@@ -418,7 +417,7 @@ impl Model {
                     self.vocab_size()
                 )));
             }
-            table.to_f32_into(t as usize * h, row);
+            self.embed_tokens.decode_rows_into(t as usize, row);
         }
         Ok(out)
     }

@@ -2,8 +2,9 @@
 //! Export uses it to write llama.cpp-loadable files; tests use it to make synthetic models.
 
 use super::parse::MAGIC;
-use super::types::{GgmlType, MetaValue};
+use super::types::MetaValue;
 use crate::error::{Error, Result};
+use evopress_kernels::GgmlType;
 use std::io::Write;
 use std::path::Path;
 
