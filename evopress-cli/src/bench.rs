@@ -1,7 +1,8 @@
 //! `evopress bench ...`: speed measurements whose numbers go into reports (never into tests).
 
 use anyhow::{Context, Result};
-use evopress_core::{load_model, BlockPlan, Model};
+use evopress_core::gguf::GgufWeights;
+use evopress_core::{load_model, load_model_with, BlockPlan, LoadOptions, Model};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
 use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
 use std::collections::BTreeMap;
@@ -45,6 +46,24 @@ pub struct ForwardArgs {
     /// Also time every device op over one more forward and print a per-op table.
     #[arg(long)]
     profile: bool,
+    /// What GGUF block-format tensors load as; several (`packed,f32,f16`) load the model once
+    /// per choice and time them in turn in one run.
+    #[arg(long, value_delimiter = ',', default_value = "packed", value_parser = parse_gguf_weights)]
+    gguf_weights: Vec<GgufWeights>,
+}
+
+/// `packed`, `f32` or `f16`.
+pub fn parse_gguf_weights(s: &str) -> Result<GgufWeights, String> {
+    GgufWeights::from_name(s)
+        .ok_or_else(|| format!("expected one of {}", GgufWeights::NAMES.join(", ")))
+}
+
+fn gguf_weights_name(w: GgufWeights) -> &'static str {
+    match w {
+        GgufWeights::Packed => "packed",
+        GgufWeights::F32 => "f32",
+        GgufWeights::F16 => "f16",
+    }
 }
 
 pub fn run(c: Command) -> Result<()> {
@@ -68,25 +87,45 @@ fn forward_flops(m: &Model, t: usize) -> f64 {
 }
 
 fn forward(a: ForwardArgs) -> Result<()> {
-    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let model = &loaded.model;
+    let models = a
+        .gguf_weights
+        .iter()
+        .map(|&gguf_weights| {
+            load_model_with(&a.model, LoadOptions { gguf_weights })
+                .map(|l| l.model)
+                .with_context(|| format!("loading {}", a.model.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let model = &models[0];
     let vocab = model.vocab_size() as u32;
     // Deterministic pseudo-text: the speed of a dense forward does not depend on the ids.
     let tokens: Vec<u32> = (0..a.seq_len as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     let plan = vec![BlockPlan::FULL; model.layers.len()];
-    let run_once = || -> Result<f64> {
+    let run_once = |model: &Model| -> Result<f64> {
         let t0 = Instant::now();
         let h = model.hidden_states(&Cpu, &tokens, 1, &plan)?;
         std::hint::black_box(model.lm_head(&Cpu, &h));
         Ok(t0.elapsed().as_secs_f64())
     };
-    run_once()?;
-    let mut times = (0..a.iters.max(1))
-        .map(|_| run_once())
-        .collect::<Result<Vec<_>>>()?;
-    times.sort_by(f64::total_cmp);
+    for m in &models {
+        run_once(m)?;
+    }
+    // Rounds over the loaded variants, so that a drift in machine speed hits them alike.
+    let mut times = vec![Vec::new(); models.len()];
+    for _ in 0..a.iters.max(1) {
+        for (m, t) in models.iter().zip(&mut times) {
+            t.push(run_once(m)?);
+        }
+    }
+    let medians: Vec<f64> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect();
     if a.profile {
         let dev = Profiled::default();
         let t0 = Instant::now();
@@ -96,12 +135,24 @@ fn forward(a: ForwardArgs) -> Result<()> {
         dev.record("lm_head".into(), start.elapsed());
         dev.print(t0.elapsed());
     }
-    let median = times[times.len() / 2];
+    let median = medians[0];
     let threads = rayon::current_num_threads();
     let tokens_per_s = a.seq_len as f64 / median;
     let gflops = forward_flops(model, a.seq_len) / median / 1e9;
     let ceiling = fma_ceiling_gflops(threads);
     let peak_rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
+    let variants: Vec<serde_json::Value> = models
+        .iter()
+        .zip(&a.gguf_weights)
+        .zip(&medians)
+        .map(|((m, &w), &s)| {
+            serde_json::json!({
+                "gguf_weights": gguf_weights_name(w), "median_seconds": s,
+                "tokens_per_second": a.seq_len as f64 / s, "speed_vs_first": median / s,
+                "weight_bytes": m.weight_bytes(),
+            })
+        })
+        .collect();
     if a.json {
         println!(
             "{}",
@@ -109,7 +160,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
                 "seq_len": a.seq_len, "threads": threads, "median_seconds": median,
                 "tokens_per_second": tokens_per_s, "gflops": gflops,
                 "fma_ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling,
-                "peak_rss_mb": peak_rss_mb,
+                "peak_rss_mb": peak_rss_mb, "variants": variants,
             })
         );
     } else {
@@ -119,6 +170,17 @@ fn forward(a: ForwardArgs) -> Result<()> {
             a.seq_len,
             100.0 * gflops / ceiling
         );
+        if models.len() > 1 {
+            for v in &variants {
+                println!(
+                    "  gguf weights {:<6} {:>8.1} tokens/s ({:.3}x the first), weights {:.0} MB",
+                    v["gguf_weights"].as_str().unwrap_or("?"),
+                    v["tokens_per_second"].as_f64().unwrap_or(f64::NAN),
+                    v["speed_vs_first"].as_f64().unwrap_or(f64::NAN),
+                    v["weight_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6
+                );
+            }
+        }
         if let Some(mb) = peak_rss_mb {
             println!("peak RSS {mb:.0} MB");
         }

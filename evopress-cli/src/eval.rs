@@ -4,7 +4,8 @@ use crate::candidate::CandidateArgs;
 use crate::progress;
 use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
-use evopress_core::load_model;
+use evopress_core::gguf::GgufWeights;
+use evopress_core::{load_model_with, LoadOptions};
 use evopress_kernels::cpu::Cpu;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,11 +29,19 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// What GGUF tensors in llama.cpp block formats load as: `packed` (kept in their blocks,
+    /// decoded inside each matmul), `f32` or `f16` (decoded at load).
+    #[arg(long, default_value = "packed", value_parser = crate::bench::parse_gguf_weights)]
+    gguf_weights: GgufWeights,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
-    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let options = LoadOptions {
+        gguf_weights: a.gguf_weights,
+    };
+    let loaded = load_model_with(&a.model, options)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let tokenizer = loaded.tokenizer()?;
     let files = a
         .data

@@ -387,6 +387,22 @@ impl Model {
         })
     }
 
+    /// Bytes the model's matrices take in their storage (the embedding, every linear layer
+    /// and an untied LM head; mapped weights count at their file size).
+    pub fn weight_bytes(&self) -> usize {
+        let linears: usize = self
+            .layers
+            .iter()
+            .flat_map(|b| LinearKind::ALL.map(|k| b.linear(k).weight.bytes()))
+            .sum();
+        let head = if self.config.tie_word_embeddings {
+            0
+        } else {
+            self.lm_head.bytes()
+        };
+        self.embed_tokens.bytes() + linears + head
+    }
+
     /// Layer `kind` of block `block`.
     pub fn linear(&self, block: usize, kind: LinearKind) -> &Linear {
         self.layers[block].linear(kind)
