@@ -393,15 +393,29 @@ impl GgufFile {
                     Buf::mapped(self.map.clone(), offset, n_bytes).map_err(|e| tensor_err(&e))?;
                 Weight::ggml(t.ggml_type, rows, cols, blocks).map_err(|e| tensor_err(&e))
             }
-            GgufWeights::F32 | GgufWeights::F16 => {
+            GgufWeights::F32 => {
                 let bytes = &self.map[offset..offset + n_bytes];
                 let data =
                     ggml::decode_rows(t.ggml_type, bytes, cols).map_err(|e| tensor_err(&e))?;
-                Ok(if self.weights == GgufWeights::F32 {
-                    Weight::from_f32(rows, cols, data)
-                } else {
-                    Weight::from_f16(rows, cols, data.iter().map(|&x| f16::from_f32(x)).collect())
-                })
+                Ok(Weight::from_f32(rows, cols, data))
+            }
+            GgufWeights::F16 => {
+                // Through an f32 buffer of a few rows, so no f32 copy of the tensor exists.
+                const ROWS: usize = 64;
+                let row_bytes = n_bytes.checked_div(rows).unwrap_or(0);
+                let mut data = vec![f16::ZERO; rows * cols];
+                let mut buf = vec![0f32; ROWS * cols];
+                for (i, out) in data.chunks_mut(ROWS * cols.max(1)).enumerate() {
+                    let n = out.len() / cols.max(1);
+                    let at = offset + i * ROWS * row_bytes;
+                    let bytes = &self.map[at..at + n * row_bytes];
+                    ggml::decode_rows_into(t.ggml_type, bytes, cols, &mut buf[..out.len()])
+                        .map_err(|e| tensor_err(&e))?;
+                    for (o, &x) in out.iter_mut().zip(&buf) {
+                        *o = f16::from_f32(x);
+                    }
+                }
+                Ok(Weight::from_f16(rows, cols, data))
             }
         }
     }

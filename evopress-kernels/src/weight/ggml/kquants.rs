@@ -182,7 +182,9 @@ pub(super) fn decode_q5_k(b: &[u8], out: &mut [f32]) {
 }
 
 /// `Q6_K` (210 bytes): 128 bytes of low nibbles, 64 bytes of high bit pairs, 16 signed scale
-/// bytes, f16 `d`; `x = d · sc · (q − 32)` per 16 elements, `q` 6 bits.
+/// bytes, f16 `d`; `x = d · sc · (q − 32)` per 16 elements, `q` 6 bits. Written per
+/// 16-element run with the four scales `d · sc` hoisted (the same products llama.cpp forms per
+/// element), so the inner loop is a plain 16-lane map.
 #[inline(always)]
 pub(super) fn decode_q6_k(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 208);
@@ -190,17 +192,29 @@ pub(super) fn decode_q6_k(b: &[u8], out: &mut [f32]) {
         let ql = &b[64 * half..64 * half + 64];
         let qh = &b[128 + 32 * half..128 + 32 * half + 32];
         let sc = &b[192 + 8 * half..192 + 8 * half + 8];
-        let s = |i: usize| d * (sc[i] as i8) as f32;
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            y[l] = s(is) * q1 as f32;
-            y[l + 32] = s(is + 2) * q2 as f32;
-            y[l + 64] = s(is + 4) * q3 as f32;
-            y[l + 96] = s(is + 6) * q4 as f32;
+        let (y01, y23) = y.split_at_mut(64);
+        let (y0, y1) = y01.split_at_mut(32);
+        let (y2, y3) = y23.split_at_mut(32);
+        for is in 0..2 {
+            let s: [f32; 4] = std::array::from_fn(|k| d * (sc[is + 2 * k] as i8) as f32);
+            let r = 16 * is..16 * is + 16;
+            let (lo, hi, h) = (
+                &ql[r.clone()],
+                &ql[32 + 16 * is..48 + 16 * is],
+                &qh[r.clone()],
+            );
+            let (o0, o1) = (&mut y0[r.clone()], &mut y1[r.clone()]);
+            let (o2, o3) = (&mut y2[r.clone()], &mut y3[r]);
+            for i in 0..16 {
+                let q1 = ((lo[i] & 0x0f) | ((h[i] & 3) << 4)) as i32 - 32;
+                let q2 = ((hi[i] & 0x0f) | (((h[i] >> 2) & 3) << 4)) as i32 - 32;
+                let q3 = ((lo[i] >> 4) | (((h[i] >> 4) & 3) << 4)) as i32 - 32;
+                let q4 = ((hi[i] >> 4) | (((h[i] >> 6) & 3) << 4)) as i32 - 32;
+                o0[i] = s[0] * q1 as f32;
+                o1[i] = s[1] * q2 as f32;
+                o2[i] = s[2] * q3 as f32;
+                o3[i] = s[3] * q4 as f32;
+            }
         }
     }
 }

@@ -186,8 +186,8 @@ pub(super) fn encode_q8_0(x: &[f32], b: &mut [u8]) {
 /// The importance-weighted encoders of one row (`quantize_row_q*_impl`): each block's weights
 /// are `importance[j] · √(σ² + x_j²)`, `σ²` the row's mean square.
 pub(super) struct Weighted<'a> {
-    pub x: &'a [f32],
-    pub importance: &'a [f32],
+    x: &'a [f32],
+    importance: &'a [f32],
     sigma2: f32,
 }
 

@@ -5,10 +5,13 @@
 //! parses the file and hands the bytes here. Layouts and quantizer algorithms are described in
 //! `docs/ggml-formats.md`.
 //!
-//! - [`legacy`]: 32-element blocks (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`),
-//! - [`kquants`]: 256-element super-blocks (`Q2_K` .. `Q6_K`, `Q8_K`),
-//! - [`fit`]: the scale searches the quantizers share,
+//! - `legacy`: 32-element blocks (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`),
+//! - `kquants`: 256-element super-blocks (`Q2_K` .. `Q6_K`, `Q8_K`),
+//! - `fit`: the scale searches the quantizers share,
+//! - `matrix`: [`GgmlMatrix`],
 //! - plain `F32`, `F16`, `BF16` rows are handled here directly.
+//!
+//! The quantizers are a port of llama.cpp's `ggml-quants.c` (MIT licence, the ggml authors).
 
 mod fit;
 mod kquants;
