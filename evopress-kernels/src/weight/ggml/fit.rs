@@ -8,6 +8,9 @@
 //! `int8_t`/`uint8_t` arrays are reproduced as written (a store into a `uint8_t` wraps, and a
 //! later read sees the wrapped value).
 
+// Indexed loops mirror llama.cpp's, so the port can be checked against it line by line.
+#![allow(clippy::needless_range_loop)]
+
 /// Groups whose largest magnitude is below this are stored as zeros.
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 

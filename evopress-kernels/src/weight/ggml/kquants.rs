@@ -4,6 +4,9 @@
 //! `quantize_row_*_impl` (with importance), operation for operation (llama.cpp, MIT licence),
 //! so the bytes match llama.cpp's.
 
+// Indexed loops mirror llama.cpp's, so the port can be checked against it line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::fit::{
     make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, AffineSearch,
     AffineWeights, GROUP_MAX_EPS,

@@ -3,6 +3,9 @@
 //! `quantize_row_*_ref` (no importance) and `quantize_row_*_impl` (with importance),
 //! operation for operation (llama.cpp, MIT licence), so the bytes match llama.cpp's.
 
+// Indexed loops mirror llama.cpp's, so the port can be checked against it line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::fit::{make_qkx_quants, make_qx_quants, AffineSearch, AffineWeights};
 use crate::cpu::simd::f16_to_f32;
 use half::f16;

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 /// Why a conversion was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GgmlError {
-    #[error("{ty} cannot be {what} here (supported: {})", supported(*.what))]
+    #[error("{ty} cannot be {what} here (supported: {})", supported(what))]
     Unsupported { ty: GgmlType, what: &'static str },
     #[error("{ty} rows are whole blocks of {block} elements; a row of {cols} is not")]
     PartialBlock {
