@@ -3,7 +3,8 @@
 use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
-use evopress_core::load_model;
+use evopress_core::gguf::GgufWeights;
+use evopress_core::{load_model_with, LoadOptions};
 use evopress_kernels::Device;
 use evopress_pipeline::progress;
 use std::num::NonZeroUsize;
@@ -26,6 +27,10 @@ pub struct Args {
     windows: Option<NonZeroUsize>,
     #[command(flatten)]
     configs: ConfigArgs,
+    /// What GGUF block-format tensors load as: kept packed (default: exact, smallest), or
+    /// decoded to f32 or f16 at load.
+    #[arg(long, default_value = "packed", value_parser = crate::bench::parse_gguf_weights)]
+    gguf_weights: GgufWeights,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -33,7 +38,11 @@ pub struct Args {
 
 pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let t0 = Instant::now();
-    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let options = LoadOptions {
+        gguf_weights: a.gguf_weights,
+    };
+    let loaded = load_model_with(&a.model, options)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let tokenizer = loaded.tokenizer()?;
     let files = a
         .data

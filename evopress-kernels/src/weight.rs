@@ -3,7 +3,9 @@
 //!
 //! - [`PackedMatrix`] (quantized: bit-packed codes, f16 scales and zeros, optional act-order
 //!   permutation; see [`packed`]),
-//! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]).
+//! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]),
+//! - [`GgmlMatrix`] (llama.cpp's block formats, e.g. a GGUF tensor's `Q4_K` blocks; see
+//!   [`ggml`]).
 //!
 //! Every table is owned or borrowed from a memory-mapped file ([`Buf`]). Keeping mapped
 //! weights in their file form (no f32 copy) is what lets a multi-GB model, or a database of
@@ -11,10 +13,12 @@
 //! tiles to f32 on the fly.
 
 pub mod buf;
+pub mod ggml;
 pub mod masked;
 pub mod packed;
 
 pub use buf::Buf;
+pub use ggml::{GgmlMatrix, GgmlType};
 pub use masked::{MaskedMatrix, MaskedValues};
 pub use packed::{PackedMatrix, PackedParts};
 
@@ -63,6 +67,8 @@ pub enum Storage {
     Packed(Arc<PackedMatrix>),
     /// Sparse mask + values (see [`masked`]).
     Masked(Arc<MaskedMatrix>),
+    /// llama.cpp blocks (see [`ggml`]).
+    Ggml(Arc<GgmlMatrix>),
 }
 
 /// How a weight is stored, for reports.
@@ -71,6 +77,7 @@ pub enum WeightKind {
     Dense(DType),
     Packed { bits: u8, group_size: usize },
     Masked { values: DType, has_mask: bool },
+    Ggml(GgmlType),
 }
 
 impl std::fmt::Display for WeightKind {
@@ -85,6 +92,7 @@ impl std::fmt::Display for WeightKind {
                 }
                 Ok(())
             }
+            WeightKind::Ggml(ty) => write!(f, "ggml {ty}"),
         }
     }
 }
@@ -96,6 +104,7 @@ pub(crate) enum Source<'a> {
     Dense(WeightView<'a>),
     Packed(&'a PackedMatrix, usize),
     Masked(&'a MaskedMatrix, usize),
+    Ggml(&'a GgmlMatrix, usize),
 }
 
 /// A borrowed, typed view of a weight's elements.
@@ -251,6 +260,34 @@ impl Weight {
         }
     }
 
+    /// A weight in one of llama.cpp's block formats (`blocks` owned or a region of a mapped
+    /// file); the blocks are checked against the type and shape.
+    pub fn ggml(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        blocks: Buf<u8>,
+    ) -> Result<Self, WeightError> {
+        Ok(Self::from_ggml(GgmlMatrix::new(ty, rows, cols, blocks)?))
+    }
+
+    pub fn from_ggml(g: GgmlMatrix) -> Self {
+        Weight {
+            rows: g.rows(),
+            cols: g.cols(),
+            storage: Storage::Ggml(Arc::new(g)),
+            row0: 0,
+        }
+    }
+
+    /// The block matrix behind a ggml weight (the whole matrix, for a row slice too).
+    pub fn as_ggml(&self) -> Option<&GgmlMatrix> {
+        match &self.storage {
+            Storage::Ggml(g) => Some(g),
+            _ => None,
+        }
+    }
+
     /// How the weight is stored.
     pub fn kind(&self) -> WeightKind {
         match &self.storage {
@@ -262,6 +299,7 @@ impl Weight {
                 values: m.values().dtype(),
                 has_mask: m.mask().is_some(),
             },
+            Storage::Ggml(g) => WeightKind::Ggml(g.ty()),
             _ => WeightKind::Dense(self.dtype()),
         }
     }
@@ -295,12 +333,14 @@ impl Weight {
         match &self.storage {
             Storage::Packed(p) => p.bytes_of_rows(self.rows),
             Storage::Masked(m) => m.bytes_of_rows(self.row0, self.rows),
+            Storage::Ggml(g) => g.bytes_of_rows(self.rows),
             _ => self.numel() * self.dtype().size_of(),
         }
     }
 
     /// The element type of a dense weight. For compressed kinds, the type values are decoded
-    /// from (f16 scales for packed, the values' type for masked); see [`Weight::kind`].
+    /// from (f16 scales for packed and ggml blocks, f32 for `Q8_K`, the values' type for
+    /// masked); see [`Weight::kind`].
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::F32(_) => DType::F32,
@@ -309,6 +349,8 @@ impl Weight {
             Storage::Mapped { dtype, .. } => *dtype,
             Storage::Packed(_) => DType::F16,
             Storage::Masked(m) => m.values().dtype(),
+            Storage::Ggml(g) if g.ty() == GgmlType::Q8_K => DType::F32,
+            Storage::Ggml(_) => DType::F16,
         }
     }
 
@@ -365,7 +407,7 @@ impl Weight {
                     ),
                 }
             }
-            Storage::Packed(_) | Storage::Masked(_) => return None,
+            Storage::Packed(_) | Storage::Masked(_) | Storage::Ggml(_) => return None,
         })
     }
 
@@ -373,6 +415,7 @@ impl Weight {
         match &self.storage {
             Storage::Packed(p) => Source::Packed(p, self.row0),
             Storage::Masked(m) => Source::Masked(m, self.row0),
+            Storage::Ggml(g) => Source::Ggml(g, self.row0),
             _ => Source::Dense(self.dense_view().expect("dense storage")),
         }
     }
@@ -409,6 +452,7 @@ impl Weight {
                 }
             }
             Source::Masked(m, row0) => m.decode_rows_into(row0 + first, out),
+            Source::Ggml(g, row0) => g.decode_rows_into(row0 + first, out),
         }
     }
 
