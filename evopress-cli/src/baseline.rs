@@ -11,19 +11,13 @@ use std::path::PathBuf;
 pub struct Args {
     /// A search config: model, calibration, eval, backend, output.dir.
     #[arg(long)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Baselines by name (repeatable); `cheap` (the default: those a search seeds from) or
     /// `all`. `evopress methods` lists each method's.
     #[arg(long = "method", default_value = "cheap")]
     methods: Vec<String>,
     #[arg(long)]
     quiet: bool,
-}
-
-impl Args {
-    pub fn config(&self) -> &std::path::Path {
-        &self.config
-    }
 }
 
 pub fn run(a: Args, dev: &dyn Device) -> Result<()> {

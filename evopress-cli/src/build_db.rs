@@ -17,19 +17,13 @@ use std::path::PathBuf;
 pub struct Args {
     /// The database's TOML file (see `examples/sparse-db-50.toml`).
     #[arg(long)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Build at most this many blocks in this invocation (the store stays resumable).
     #[arg(long)]
     stop_after_blocks: Option<NonZeroUsize>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
-}
-
-impl Args {
-    pub fn config(&self) -> &std::path::Path {
-        &self.config
-    }
 }
 
 pub fn run(a: Args, dev: &dyn Device) -> Result<()> {

@@ -83,16 +83,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a, &*device::choose(dev, None)?),
         Command::Convert(a) => convert::run(a),
         Command::Search(a) => {
-            let d = device::choose(dev, Some(a.config()))?;
+            let d = device::choose(dev, Some(&a.config))?;
             search::run(a, &*d)
         }
         Command::Baseline(a) => {
-            let d = device::choose(dev, Some(a.config()))?;
+            let d = device::choose(dev, Some(&a.config))?;
             baseline::run(a, &*d)
         }
         Command::Bench(c) => bench::run(c, dev),
         Command::BuildDb(a) => {
-            let d = device::choose(dev, Some(a.config()))?;
+            let d = device::choose(dev, Some(&a.config))?;
             build_db::run(a, &*d)
         }
         Command::Methods => {

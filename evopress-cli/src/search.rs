@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// The run's TOML file (see `examples/`).
     #[arg(long)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Continue from the output directory's checkpoint.
     #[arg(long, conflicts_with = "force")]
     resume: bool,
@@ -26,12 +26,6 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
-}
-
-impl Args {
-    pub fn config(&self) -> &std::path::Path {
-        &self.config
-    }
 }
 
 pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
