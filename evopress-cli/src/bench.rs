@@ -332,11 +332,11 @@ fn search(a: SearchArgs, dev: &dyn Device) -> Result<()> {
     }
     for r in &runs.modes {
         println!(
-            "{:>22}: {:.2} s/generation, {:.2} evaluations/s, {} blocks run, final fitness {:.6}",
+            "{:>23}: {:.2} s/generation ({:.2} CPU s), {:.2} evaluations/s, final fitness {:.6}",
             r.mode,
             r.seconds_per_generation,
+            r.cpu_seconds_per_generation,
             r.evaluations_per_second,
-            r.blocks_run,
             r.final_fitness
         );
     }
