@@ -1,9 +1,18 @@
 //! Progress on stderr: bars for counted work, spinners for the rest; hidden with `quiet` and
 //! when stderr is not a terminal (indicatif draws nothing there), so logs and `--json` output
-//! stay clean.
+//! stay clean. A log (stderr redirected to a file) gets plain lines from [`log_line`] instead.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::time::Duration;
+
+/// One line on stderr for a log file, where bars draw nothing; silent on a terminal (the bars
+/// say it there) and with `quiet`.
+pub fn log_line(quiet: bool, line: impl FnOnce() -> String) {
+    if !quiet && !std::io::stderr().is_terminal() {
+        eprintln!("{}", line());
+    }
+}
 
 /// A bar over `len` steps of `what`.
 pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {

@@ -236,6 +236,10 @@ impl Run<'_> {
             let bar = progress::spinner("initial selection", self.quiet);
             let state = search.initialize(seeds, &mut evaluator, &mut ())?;
             bar.finish_and_clear();
+            progress::log_line(self.quiet, || {
+                let best = state.history.last().map_or(f64::NAN, |r| r.best_fitness);
+                format!("generation 0: best fitness {best:.6}")
+            });
             write_atomically(&checkpoint, &search.checkpoint_json(&state))?;
             (state, Some(computed))
         };
@@ -258,6 +262,7 @@ impl Run<'_> {
             backend: self.backend,
             search: &search,
             generations_left: opts.stop_after,
+            quiet: self.quiet,
         };
         let mut state = state;
         // A time budget covers the whole invocation: loading, dense targets and baselines
@@ -284,6 +289,15 @@ impl Run<'_> {
             let bar = progress::spinner("final tournament", self.quiet);
             let t = search.final_tournament(&state, &mut evaluator, &mut ())?;
             bar.finish_and_clear();
+            progress::log_line(self.quiet, || {
+                let w = &t.entrants[t.winner];
+                format!(
+                    "final tournament on {} tokens: {} wins with fitness {:.6}",
+                    t.tokens,
+                    w.name,
+                    w.fitness.unwrap_or(f64::NAN)
+                )
+            });
             Some(t)
         } else {
             None
@@ -319,6 +333,7 @@ impl Run<'_> {
             .filter(|b| b.cheap)
             .map(|b| b.name)
             .collect();
+        progress::log_line(self.quiet, || format!("baselines: {}", names.join(", ")));
         let computed = baselines::compute(self.session, self.backend, self.cal, &batch, &names)?;
         let json = serde_json::to_vec_pretty(&computed).expect("baselines serialize");
         write_atomically(&self.out.join(SEEDS), &json)?;
@@ -465,6 +480,7 @@ struct RunObserver<'a> {
     backend: &'a dyn CompressionBackend,
     search: &'a Search<'a>,
     generations_left: Option<usize>,
+    quiet: bool,
 }
 
 impl Observer for RunObserver<'_> {
@@ -489,6 +505,12 @@ impl Observer for RunObserver<'_> {
         self.bar.set_position(e.record.generation as u64);
         self.bar
             .set_message(format!("fitness {:.5}", e.record.best_fitness));
+        progress::log_line(self.quiet, || {
+            format!(
+                "generation {}: best fitness {:.6} ({} evaluations, {:.1} s)",
+                e.record.generation, e.record.best_fitness, e.record.evaluations, e.record.seconds
+            )
+        });
         Ok(match &mut self.generations_left {
             Some(n) if *n <= 1 => ControlFlow::Break(()),
             Some(n) => {
