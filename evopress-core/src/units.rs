@@ -96,14 +96,16 @@ pub fn linear_units(model: &Model) -> Vec<LinearUnit> {
 }
 
 impl Model {
-    /// A hex xxh3-64 of the config and every tensor's name, shape and dtype: the model's
-    /// structure. Two checkpoints of one architecture and dtype share it; see
-    /// [`Model::weights_fingerprint`] for what tells them apart.
+    /// A hex xxh3-64 of the config and every tensor's name and shape: the model's structure.
+    /// How the weights are held (a GGUF's Q4_1 packed or expanded to f32) is not part of it,
+    /// so a database built under one `--gguf-weights` choice serves the others; two
+    /// checkpoints of one architecture share it, and [`Model::weights_fingerprint`] tells them
+    /// apart.
     pub fn fingerprint(&self) -> String {
         use std::fmt::Write;
         let mut s = serde_json::to_string(&self.config).expect("config serializes");
         let mut add = |name: &str, w: &evopress_kernels::Weight| {
-            let _ = write!(s, "\n{name} {}x{} {}", w.rows, w.cols, w.dtype().name());
+            let _ = write!(s, "\n{name} {}x{}", w.rows, w.cols);
         };
         add("model.embed_tokens", &self.embed_tokens);
         for u in linear_units(self) {

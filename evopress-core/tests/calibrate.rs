@@ -5,6 +5,8 @@ mod common;
 
 use evopress_core::calibrate::BlockCalibrator;
 use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
+use evopress_core::gguf::GgufWeights;
+use evopress_core::load::{load_model_with, LoadOptions};
 use evopress_core::model::{BlockPlan, Layout, LinearInput, LinearKind};
 use evopress_core::units::linear_units;
 use evopress_core::{load_model, LoadedModel};
@@ -168,6 +170,26 @@ fn units_follow_hf_naming() {
     );
     assert_eq!(model.fingerprint(), model.fingerprint());
     assert_eq!(model.fingerprint().len(), 16);
+}
+
+#[test]
+fn how_gguf_weights_are_held_does_not_change_the_fingerprints() {
+    let expanded = load_model_with(
+        &common::smollm2_gguf(),
+        LoadOptions {
+            gguf_weights: GgufWeights::F32,
+        },
+    )
+    .unwrap()
+    .model;
+    let packed = &loaded().model;
+    assert_ne!(
+        packed.linear(0, LinearKind::Q).weight.dtype().name(),
+        expanded.linear(0, LinearKind::Q).weight.dtype().name(),
+        "the demo GGUF's Q4_1 linears load packed by default"
+    );
+    assert_eq!(packed.fingerprint(), expanded.fingerprint());
+    assert_eq!(packed.weights_fingerprint(), expanded.weights_fingerprint());
 }
 
 #[test]
