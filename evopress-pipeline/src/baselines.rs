@@ -259,3 +259,33 @@ pub fn run_baselines(
     write_atomically(&path, &json)?;
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Computed;
+
+    /// A resumed run scores the baselines it saved in `seeds.json`; their numbers must read
+    /// back bit-exactly or its `result.toml` differs from the uninterrupted run's.
+    #[test]
+    fn saved_baselines_read_back_bit_exactly() {
+        let values = [0.19062625081016002, 0.1_f64 + 0.2, 1.0 / 3.0, 4.5e-17];
+        let mut detail = toml::Table::new();
+        detail.insert(
+            "scores".into(),
+            toml::Value::Array(values.iter().map(|&v| toml::Value::Float(v)).collect()),
+        );
+        let computed = Computed {
+            name: "kl".into(),
+            genome: None,
+            detail,
+            seconds: 0.1,
+            candidate: None,
+        };
+        let json = serde_json::to_vec(&[&computed]).unwrap();
+        let back: Vec<Computed> = serde_json::from_slice(&json).unwrap();
+        let scores = back[0].detail["scores"].as_array().unwrap();
+        for (v, s) in values.iter().zip(scores) {
+            assert_eq!(v.to_bits(), s.as_float().unwrap().to_bits());
+        }
+    }
+}
