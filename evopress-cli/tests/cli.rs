@@ -160,6 +160,8 @@ initially_generated = 4
 initial_tokens = 64
 seed = 7
 {extra_search}
+[baselines]
+tokens = 128 # the depth baselines' single-drop forwards dominate a search this small
 [output]
 dir = "{out}"
 "#,
