@@ -61,7 +61,7 @@ fn empty_store(model: &Model, dir: &Path) {
 
 fn open_table(model: &Model, dir: &Path) -> String {
     let load: evopress_core::variants::LoadWeight<'_> = &|_, _, _| unreachable!("no variants");
-    match VariantTable::open(model, dir, "test", load) {
+    match VariantTable::open(model, dir, "masked", load) {
         Ok(_) => panic!("an empty store opened as a variant table"),
         Err(e) => e.to_string(),
     }
