@@ -182,14 +182,45 @@ impl StageCache {
     ) -> Result<Score> {
         let s = &self.slices[i];
         let toks = &cal.samples[s.sample][s.tokens.clone()];
-        let layout = Layout {
-            batch: 1,
-            seq: toks.len(),
-            pos0: 0,
-        };
-        let (mut h, from) = match self.inputs.get(i) {
+        let (h, from) = match self.inputs.get(i) {
             Some(per_block) => (per_block[first_diff].clone(), first_diff),
             _ => (model.embed(toks)?, 0),
+        };
+        self.score_from(model, dev, cal, plan, h, from, i)
+    }
+
+    /// [`score_slice`](Self::score_slice) of a candidate whose token embedding differs from the
+    /// parent's: every block runs, from the candidate's own embedding.
+    pub fn score_slice_from_embedding<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        i: usize,
+    ) -> Result<Score> {
+        let s = &self.slices[i];
+        let h = model.embed(&cal.samples[s.sample][s.tokens.clone()])?;
+        self.score_from(model, dev, cal, plan, h, 0, i)
+    }
+
+    /// Runs slice `i`'s stream `h` (the input of block `from`) to the fitness.
+    #[allow(clippy::too_many_arguments)]
+    fn score_from<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        mut h: Vec<f32>,
+        from: usize,
+        i: usize,
+    ) -> Result<Score> {
+        let s = &self.slices[i];
+        let layout = Layout {
+            batch: 1,
+            seq: s.tokens.len(),
+            pos0: 0,
         };
         let started = Instant::now();
         model.run_blocks(dev, &mut h, layout, plan, from);
@@ -306,8 +337,11 @@ pub struct SwapEvaluator<'a> {
     dev: &'a dyn Device,
     cal: &'a Calibration,
     assemble: Assemble<'a>,
-    /// The block of every unit, in genome order.
+    /// The block of every unit, in genome order (the block count for the LM head: only the
+    /// head reruns).
     unit_block: Vec<usize>,
+    /// A unit that is the token embedding: when it changes, nothing cached applies.
+    embedding_unit: Option<usize>,
     n_blocks: usize,
     cache_cap_bytes: usize,
     stage: Option<(Genome, StageCache)>,
@@ -331,12 +365,20 @@ impl<'a> SwapEvaluator<'a> {
             cal,
             assemble,
             unit_block,
+            embedding_unit: None,
             n_blocks: model.layers.len(),
             cache_cap_bytes,
             stage: None,
             assembled: None,
             blocks_run: 0,
         }
+    }
+
+    /// Marks unit `u` as the token embedding (a GGUF database's embedding levels): a
+    /// candidate that changes it runs from the embedding, not from cached activations.
+    pub fn with_embedding_unit(mut self, u: usize) -> Self {
+        self.embedding_unit = Some(u);
+        self
     }
 }
 
@@ -373,14 +415,24 @@ impl Evaluator for SwapEvaluator<'_> {
             .map(|(_, &block)| block)
             .min()
             .unwrap_or(self.n_blocks);
-        let from = if cache.is_cached() { first_diff } else { 0 };
-        self.blocks_run += (self.n_blocks - from) as u64;
+        let embedding_changed = self
+            .embedding_unit
+            .is_some_and(|u| genome.0.get(u) != parent.0.get(u));
+        let from = if cache.is_cached() && !embedding_changed {
+            Some(first_diff)
+        } else {
+            None
+        };
+        self.blocks_run += (self.n_blocks - from.unwrap_or(0)) as u64;
         if self.assembled.as_ref().is_none_or(|(g, _)| g != genome) {
             self.assembled = Some((genome.clone(), (self.assemble)(genome)?));
         }
         let model = &self.assembled.as_ref().expect("just assembled").1;
         let plan = vec![BlockPlan::FULL; self.n_blocks];
-        Ok(cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?)
+        Ok(match from {
+            Some(from) => cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?,
+            None => cache.score_slice_from_embedding(model, self.dev, self.cal, &plan, slice)?,
+        })
     }
 
     fn sums_are_nonnegative(&self) -> bool {
