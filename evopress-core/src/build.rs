@@ -230,7 +230,7 @@ pub fn build_database<D: Device + ?Sized>(
         });
     }
     let outer_due = total > n && !writer.is_block_done(n);
-    if outer_due && !req.stop_after.is_some_and(|s| summary.blocks_built >= s) {
+    if outer_due && req.stop_after.is_none_or(|s| summary.blocks_built < s) {
         // Every block has run (built or replayed): the stream is the last block's output.
         let t0 = Instant::now();
         let head = cal.head_hessian()?;
