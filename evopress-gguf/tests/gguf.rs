@@ -5,13 +5,18 @@
 //! written as a GGUF whose tensors are the stored blocks byte for byte and whose logits are
 //! the candidate's.
 
+use evopress_core::data::{calibration_windows, Sampling, TokenizedFile};
+use evopress_core::evaluate::Calibration;
+use evopress_core::fitness::FitnessKind;
 use evopress_core::gguf::{GgmlType, GgufFile};
+use evopress_core::CompressionBackend;
 use evopress_core::{load_model, Method, ModelSource};
 use evopress_export::gguf::{write_gguf, GgufOptions, GgufQuant};
 use evopress_gguf::{GgufBackend, Preset, CONFIG_FILE, GGUF};
 use evopress_kernels::cpu::Cpu;
 use evopress_kernels::DType;
 use evopress_pipeline::{run_build, run_search, Configs, SearchOptions};
+use evopress_search::{fitness, Genome, TokenBatch, TokenSlice};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -134,6 +139,40 @@ fn a_gguf_database_is_searched_at_a_preset_size_and_exported_byte_for_byte() {
     ] {
         assert_eq!(chosen[name], ty, "{name}");
     }
+    // Incremental evaluation (from the first changed block, or from the embedding when it
+    // changed) equals a full forward bit for bit.
+    let file = TokenizedFile::read(
+        &root().join("assets/sotu/1790_george_washington_n.txt"),
+        loaded.tokenizer().unwrap(),
+    )
+    .unwrap();
+    let samples = calibration_windows(&[file], 48, 2, Sampling::Sequential, 0).unwrap();
+    let cal = Calibration::new(model, &Cpu, samples, FitnessKind::Kl, |_| {}).unwrap();
+    let batch = TokenBatch {
+        slices: (cal.sample_lens().iter().enumerate())
+            .map(|(sample, &n)| TokenSlice {
+                sample,
+                tokens: 0..n,
+            })
+            .collect(),
+    };
+    let mut incremental = b.evaluator(model, &Cpu, &cal, usize::MAX).unwrap();
+    let mut full = b.evaluator(model, &Cpu, &cal, 0).unwrap();
+    let parent = Genome(q4km.clone());
+    incremental.begin_stage(&batch, &parent).unwrap();
+    full.begin_stage(&batch, &parent).unwrap();
+    let (embedding, down20) = (30 * 7, 20 * 7 + 6);
+    for changed in [vec![down20], vec![embedding], vec![down20, embedding]] {
+        let mut child = parent.clone();
+        for u in changed {
+            child.0[u] = 0;
+        }
+        let a = fitness(&mut incremental, &child, &batch).unwrap();
+        let f = fitness(&mut full, &child, &batch).unwrap();
+        assert_eq!(a.to_bits(), f.to_bits(), "incremental {a} vs full {f}");
+        assert!(a > 0.0);
+    }
+
     // Q3_K_M needs Q5_K (attn_v of layers 0-1, ffn_down of layer 0): not in this database.
     let err = b.preset_indices(Preset::Q3_K_M).unwrap_err().to_string();
     assert!(
