@@ -23,6 +23,7 @@ pub static METHODS: &[&dyn Method] = &[
     &evopress_sparse::SPARSE,
     &evopress_quant::QUANT,
     &evopress_wanda::WANDA,
+    &evopress_gguf::GGUF,
 ];
 
 #[derive(Parser)]

@@ -9,6 +9,9 @@
 //!     if b is on disk: skip the solve
 //!     else: variants of every unit from (W, H) -> block-b.safetensors + manifest
 //!     next inputs = block b run dense, or with its units at the propagation level (GPTQ)
+//! if the builder compresses tensors outside the blocks (token embedding, LM head):
+//!     H[head] = (2/n) Σ XᵀX of the final norm's output, token counts
+//!     their variants -> block-n.safetensors (one past the last block) + manifest
 //! ```
 
 use crate::calibrate::{BlockCalibrator, Hessian};
@@ -42,6 +45,25 @@ impl Variant {
     }
 }
 
+/// A tensor outside the blocks (the token embedding, an untied LM head) as a builder
+/// compresses it: stored like a unit, under its HF name.
+pub struct OuterUnit {
+    /// `model.embed_tokens` or `lm_head`.
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub variants: Vec<Variant>,
+}
+
+/// What the tensors outside the blocks are compressed with ([`VariantBuilder::build_outer`]).
+pub struct OuterInputs<'a> {
+    /// The Hessian of the LM head's input (the final norm's output) on the calibration windows.
+    pub head: &'a Hessian,
+    /// How often each token id occurs in the calibration windows: the weight of an embedding
+    /// row (the embedding's input Hessian is this diagonal, its inputs being one-hot).
+    pub token_counts: &'a [u64],
+}
+
 /// A compression method's half of a database build.
 pub trait VariantBuilder: Sync {
     /// Backend name recorded in the manifest (`sparsegpt`, `gptq`).
@@ -62,6 +84,17 @@ pub trait VariantBuilder: Sync {
     }
     /// A stored variant as a weight the forward pass multiplies directly.
     fn load_weight(&self, store: &VariantStore, unit: &UnitEntry, level: i32) -> Result<Weight>;
+    /// Whether the builder also compresses tensors outside the blocks (llama.cpp quantizes the
+    /// token embedding and the LM head like the linears). Then [`Self::build_outer`] runs
+    /// after the last block, and its variants are stored as block `n`, one past the last.
+    fn builds_outer(&self) -> bool {
+        false
+    }
+    /// The variants of the tensors outside the blocks (see [`Self::builds_outer`]).
+    fn build_outer(&self, model: &Model, inputs: &OuterInputs<'_>) -> Result<Vec<OuterUnit>> {
+        let _ = (model, inputs);
+        Ok(Vec::new())
+    }
 }
 
 /// Progress of a build, for bars and logs.
@@ -118,15 +151,17 @@ pub fn build_database<D: Device + ?Sized>(
     };
     let mut writer = StoreWriter::create_or_resume(req.dir, header)?;
     let n = model.layers.len();
+    // Block n holds the tensors outside the blocks, for builders that compress them.
+    let total = n + usize::from(builder.builds_outer());
     let units = linear_units(model);
-    let todo: Vec<usize> = (0..n).filter(|&b| !writer.is_block_done(b)).collect();
+    let todo: Vec<usize> = (0..total).filter(|&b| !writer.is_block_done(b)).collect();
     progress(BuildEvent::Resumed {
-        done: n - todo.len(),
-        total: n,
+        done: total - todo.len(),
+        total,
     });
     let mut summary = BuildSummary {
         blocks_built: 0,
-        blocks_total: n,
+        blocks_total: total,
         complete: false,
         seconds: 0.0,
     };
@@ -140,11 +175,11 @@ pub fn build_database<D: Device + ?Sized>(
     // built (dense, or at the propagation level read back from the store).
     let mut cal = BlockCalibrator::new(model, dev, req.windows)?;
     let mut prefix = Vec::with_capacity(first);
-    for b in 0..first {
+    for b in 0..first.min(n) {
         prefix.push(propagation_block(model, builder, req.dir, &units, b)?);
     }
     let mut prefix = prefix.into_iter();
-    cal.skip_to(first, |_| prefix.next().flatten())?;
+    cal.skip_to(first.min(n), |_| prefix.next().flatten())?;
 
     let propagate_dense = builder.propagation_level().is_none();
     for b in first..n {
@@ -171,25 +206,13 @@ pub fn build_database<D: Device + ?Sized>(
             });
             let weight = unit.dense_weight(model);
             let variants = builder.build_unit(unit, &weight, hessians.get(unit.input()))?;
-            let mut levels = Vec::with_capacity(variants.len());
-            for v in variants {
-                levels.push(LevelEntry {
-                    id: v.level,
-                    bytes: v.bytes(),
-                    rel_error: v.rel_error,
-                    extra: v.extra,
-                });
-                for (part, t) in v.tensors {
-                    tensors.push((format!("{}/{}/{part}", unit.name, v.level), t));
-                }
-            }
-            entries.push(UnitEntry {
+            let outer = OuterUnit {
                 name: unit.name.clone(),
-                block: b,
                 rows: unit.rows,
                 cols: unit.cols,
-                levels,
-            });
+                variants,
+            };
+            entries.push(stored_unit(outer, b, &mut tensors));
         }
         drop(hessians);
         let seconds = t0.elapsed().as_secs_f64();
@@ -206,12 +229,66 @@ pub fn build_database<D: Device + ?Sized>(
             seconds,
         });
     }
-    if (0..n).all(|b| writer.is_block_done(b)) {
+    let outer_due = total > n && !writer.is_block_done(n);
+    if outer_due && req.stop_after.is_none_or(|s| summary.blocks_built < s) {
+        // Every block has run (built or replayed): the stream is the last block's output.
+        let t0 = Instant::now();
+        let head = cal.head_hessian()?;
+        let mut token_counts = vec![0u64; model.vocab_size()];
+        for &t in cal.windows().iter().flatten() {
+            token_counts[t as usize] += 1;
+        }
+        let inputs = OuterInputs {
+            head: &head,
+            token_counts: &token_counts,
+        };
+        let mut tensors = Vec::new();
+        let entries: Vec<UnitEntry> = (builder.build_outer(model, &inputs)?.into_iter())
+            .map(|u| stored_unit(u, n, &mut tensors))
+            .collect();
+        let seconds = t0.elapsed().as_secs_f64();
+        writer.write_block(n, &tensors, entries, seconds)?;
+        summary.blocks_built += 1;
+        progress(BuildEvent::BlockDone {
+            block: n,
+            total,
+            seconds,
+        });
+    }
+    if (0..total).all(|b| writer.is_block_done(b)) {
         writer.finish()?;
         summary.complete = true;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The manifest entry of a unit's variants (in block `block`), moving their tensors, named
+/// `<unit>/<level>/<part>`, into `tensors`.
+fn stored_unit(
+    unit: OuterUnit,
+    block: usize,
+    tensors: &mut Vec<(String, TensorData)>,
+) -> UnitEntry {
+    let mut levels = Vec::with_capacity(unit.variants.len());
+    for v in unit.variants {
+        levels.push(LevelEntry {
+            id: v.level,
+            bytes: v.bytes(),
+            rel_error: v.rel_error,
+            extra: v.extra,
+        });
+        for (part, t) in v.tensors {
+            tensors.push((format!("{}/{}/{part}", unit.name, v.level), t));
+        }
+    }
+    UnitEntry {
+        name: unit.name,
+        block,
+        rows: unit.rows,
+        cols: unit.cols,
+        levels,
+    }
 }
 
 /// Block `b` as the next blocks' inputs see it: `None` (dense) unless the builder propagates

@@ -181,6 +181,25 @@ impl<'m, D: Device + ?Sized> BlockCalibrator<'m, D> {
         Ok(())
     }
 
+    /// The Hessian of the LM head's input (the final norm's output) over every window, once the
+    /// stream has passed the last block: what the head is compressed with, like a linear's
+    /// input Hessian.
+    pub fn head_hessian(&self) -> Result<Hessian> {
+        let n = self.model.layers.len();
+        if self.block != n {
+            return Err(Error::Invalid(format!(
+                "the LM head's Hessian needs the stream after the last block ({n}), it is at \
+                 block {}",
+                self.block
+            )));
+        }
+        let mut acc = Accumulator::new(self.model.hidden_size());
+        for h in &self.stream {
+            acc.add(self.dev, &self.model.final_norm(self.dev, h));
+        }
+        Ok(acc.finish(self.stream.len()))
+    }
+
     /// Runs one block over every window (one at a time, each GEMM parallel inside),
     /// collecting Hessians and/or keeping the outputs as the new stream.
     fn pass(

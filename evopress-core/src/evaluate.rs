@@ -182,20 +182,64 @@ impl StageCache {
     ) -> Result<Vec<f32>> {
         let s = &self.slices[i];
         let toks = &cal.samples[s.sample][s.tokens.clone()];
-        let layout = Layout {
-            batch: 1,
-            seq: toks.len(),
-            pos0: 0,
-        };
-        let (mut h, from) = match self.inputs.get(i) {
+        let (h, from) = match self.inputs.get(i) {
             Some(per_block) => (per_block[first_diff].clone(), first_diff),
             _ => (model.embed(toks)?, 0),
+        };
+        Ok(self.states_from(model, dev, plan, h, from, i))
+    }
+
+    /// [`score_slice`](Self::score_slice) of a candidate whose token embedding differs from the
+    /// parent's: every block runs, from the candidate's own embedding.
+    pub fn score_slice_from_embedding<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        i: usize,
+    ) -> Result<Score> {
+        let s = &self.slices[i];
+        let h = model.embed(&cal.samples[s.sample][s.tokens.clone()])?;
+        let normed = self.states_from(model, dev, plan, h, 0, i);
+        Self::score_states(model, dev, cal, s, &normed)
+    }
+
+    /// Runs slice `i`'s stream `h` (the input of block `from`) to the final-normed states.
+    fn states_from<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        plan: &[BlockPlan],
+        mut h: Vec<f32>,
+        from: usize,
+        i: usize,
+    ) -> Vec<f32> {
+        let layout = Layout {
+            batch: 1,
+            seq: self.slices[i].tokens.len(),
+            pos0: 0,
         };
         let started = Instant::now();
         model.run_blocks(dev, &mut h, layout, plan, from);
         let normed = model.final_norm(dev, &h);
         profile::BLOCKS.add(started.elapsed());
-        Ok(normed)
+        normed
+    }
+
+    /// The fitness of one slice's final-normed states; a non-finite sum is an error.
+    fn score_states<D: Device + ?Sized>(
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        slice: &Slice,
+        normed: &[f32],
+    ) -> Result<Score> {
+        let (sum, positions) = cal.score_slice(model, dev, slice, normed);
+        if !sum.is_finite() {
+            return Err(Error::non_finite("the candidate's fitness", sum));
+        }
+        Ok(Score { sum, positions })
     }
 
     /// The summed fitness of slice `i` for a candidate (`model` with `plan`) that equals the
@@ -211,11 +255,7 @@ impl StageCache {
         i: usize,
     ) -> Result<Score> {
         let normed = self.final_states(model, dev, cal, plan, first_diff, i)?;
-        let (sum, positions) = cal.score_slice(model, dev, &self.slices[i], &normed);
-        if !sum.is_finite() {
-            return Err(Error::non_finite("the candidate's fitness", sum));
-        }
-        Ok(Score { sum, positions })
+        Self::score_states(model, dev, cal, &self.slices[i], &normed)
     }
 
     /// The token-averaged fitness over every slice (see [`score_slice`](Self::score_slice)).
@@ -311,8 +351,11 @@ pub struct SwapEvaluator<'a> {
     dev: &'a dyn Device,
     cal: &'a Calibration,
     assemble: Assemble<'a>,
-    /// The block of every unit, in genome order.
+    /// The block of every unit, in genome order (the block count for the LM head: only the
+    /// head reruns).
     unit_block: Vec<usize>,
+    /// A unit that is the token embedding: when it changes, nothing cached applies.
+    embedding_unit: Option<usize>,
     n_blocks: usize,
     cache_cap_bytes: usize,
     stage: Option<(Genome, StageCache)>,
@@ -336,12 +379,20 @@ impl<'a> SwapEvaluator<'a> {
             cal,
             assemble,
             unit_block,
+            embedding_unit: None,
             n_blocks: model.layers.len(),
             cache_cap_bytes,
             stage: None,
             assembled: None,
             blocks_run: 0,
         }
+    }
+
+    /// Marks unit `u` as the token embedding (a GGUF database's embedding levels): a
+    /// candidate that changes it runs from the embedding, not from cached activations.
+    pub fn with_embedding_unit(mut self, u: usize) -> Self {
+        self.embedding_unit = Some(u);
+        self
     }
 }
 
@@ -378,14 +429,24 @@ impl Evaluator for SwapEvaluator<'_> {
             .map(|(_, &block)| block)
             .min()
             .unwrap_or(self.n_blocks);
-        let from = if cache.is_cached() { first_diff } else { 0 };
-        self.blocks_run += (self.n_blocks - from) as u64;
+        let embedding_changed = self
+            .embedding_unit
+            .is_some_and(|u| genome.0.get(u) != parent.0.get(u));
+        let from = if cache.is_cached() && !embedding_changed {
+            Some(first_diff)
+        } else {
+            None
+        };
+        self.blocks_run += (self.n_blocks - from.unwrap_or(0)) as u64;
         if self.assembled.as_ref().is_none_or(|(g, _)| g != genome) {
             self.assembled = Some((genome.clone(), (self.assemble)(genome)?));
         }
         let model = &self.assembled.as_ref().expect("just assembled").1;
         let plan = vec![BlockPlan::FULL; self.n_blocks];
-        Ok(cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?)
+        Ok(match from {
+            Some(from) => cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?,
+            None => cache.score_slice_from_embedding(model, self.dev, self.cal, &plan, slice)?,
+        })
     }
 
     fn sums_are_nonnegative(&self) -> bool {

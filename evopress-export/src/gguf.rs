@@ -9,6 +9,8 @@
 //! - sparse layers: dense (GGUF has no sparse type), in the chosen dense type;
 //! - any tensor can instead be handed over already encoded in any ggml type
 //!   ([`Encoded`]), e.g. by a ggml quantizer;
+//! - a linear, the embedding or the head that the candidate holds in ggml blocks other than
+//!   the source's (variants of a GGUF database) is written as those blocks;
 //! - depth: removed blocks are gone and the rest renumbered (`block_count` updated). A dropped
 //!   attention in a Llama model makes the file a `deci` model (llama.cpp's Llama variant with
 //!   per-layer head counts) whose layer has 0 heads and no attention tensors; a dropped MLP,
@@ -23,7 +25,7 @@ use crate::report::ExportReport;
 use crate::st::float_bytes;
 use evopress_core::gguf::{hf_name, unpermuted_source_row, GgmlType, GgufWriter, MetaValue};
 use evopress_core::{Candidate, Error, LinearKind, ModelSource, Result};
-use evopress_kernels::DType;
+use evopress_kernels::{DType, Weight};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -173,9 +175,20 @@ pub fn write_gguf(
             _ => None,
         };
         let Some((data, rows, cols, kinds)) = linear else {
-            // Norms, embeddings, head, biases: as stored.
-            let bytes = src.tensor_bytes(info).to_vec();
-            w.add_tensor(out_name, &info.dims, info.ggml_type, bytes)?;
+            // Norms and biases as stored; the embedding and head too, unless the candidate
+            // holds other ggml blocks for them (a GGUF variant database's).
+            let held = match tensor.map(|t| &t.piece) {
+                Some(Piece::Matrix(m)) => ggml_rows(&[*m], m.rows, &row_order(m.rows, None)),
+                _ => None,
+            };
+            let (ty, bytes) = match held {
+                Some(b) if b.0 != info.ggml_type || b.1 != src.tensor_bytes(info) => {
+                    stats.ggml += 1;
+                    b
+                }
+                _ => (info.ggml_type, src.tensor_bytes(info).to_vec()),
+            };
+            w.add_tensor(out_name, &info.dims, ty, bytes)?;
             continue;
         };
         report.linear_bf16_bytes += 2 * rows * cols;
@@ -187,10 +200,16 @@ pub fn write_gguf(
         let order = row_order(rows, heads);
         let dims = [cols as u64, rows as u64];
         let (ty, bytes) = match data {
-            LinearData::Dense(_) => {
-                stats.copied += 1;
-                (info.ggml_type, src.tensor_bytes(info).to_vec())
-            }
+            LinearData::Dense(parts) => match ggml_rows(parts, rows, &order) {
+                Some(b) if b.0 != info.ggml_type || b.1 != src.tensor_bytes(info) => {
+                    stats.ggml += 1;
+                    b
+                }
+                _ => {
+                    stats.copied += 1;
+                    (info.ggml_type, src.tensor_bytes(info).to_vec())
+                }
+            },
             LinearData::Dropped => {
                 stats.zeroed += 1;
                 (GgmlType::Q4_0, ggml_blocks::q4_0_zeros(rows * cols))
@@ -258,6 +277,8 @@ struct Stats {
     q8_0: usize,
     packed_dense: Vec<String>,
     given: usize,
+    /// Tensors written from the ggml blocks the candidate holds (other than the source's).
+    ggml: usize,
 }
 
 impl Stats {
@@ -273,6 +294,13 @@ impl Stats {
             self.zeroed,
             self.given
         )];
+        if self.ggml > 0 {
+            out.push(format!(
+                "{} tensors written as the ggml blocks the candidate holds (a GGUF variant \
+                 database's types)",
+                self.ggml
+            ));
+        }
         if self.q4_1 > 0 {
             out.push(format!(
                 "Q4_1 stores the block minimum -zero*scale in f16: {} of {} layers have blocks \
@@ -329,6 +357,22 @@ fn row_order(rows: usize, heads: Option<usize>) -> Vec<usize> {
         order[unpermuted_source_row(hf_row, per_head)] = hf_row;
     }
     order
+}
+
+/// The blocks of a tensor whose parts are the rows, in order, of one ggml matrix holding
+/// exactly `rows` rows, with file row `i` the matrix's row `order[i]`; `None` for any other
+/// storage.
+fn ggml_rows(parts: &[&Weight], rows: usize, order: &[usize]) -> Option<(GgmlType, Vec<u8>)> {
+    let m = parts.first()?.as_ggml()?;
+    let same = parts
+        .iter()
+        .all(|p| p.as_ggml().is_some_and(|x| std::ptr::eq(x, m)));
+    let covered: usize = parts.iter().map(|p| p.rows).sum();
+    if !same || m.rows() != rows || covered != rows {
+        return None;
+    }
+    let permuted = m.permute_rows(|r| order[r]);
+    Some((m.ty(), permuted.blocks().as_slice().to_vec()))
 }
 
 fn dense_type(d: DType) -> GgmlType {
