@@ -3,7 +3,9 @@
 //!
 //! - [`PackedMatrix`] (quantized: bit-packed codes, f16 scales and zeros, optional act-order
 //!   permutation; see [`packed`]),
-//! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]).
+//! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]),
+//! - [`MaskedPackedMatrix`] (sparse and quantized: a bitmask plus the kept weights' packed codes,
+//!   f16 scales and zeros; see [`masked_packed`]).
 //!
 //! Every table is owned or borrowed from a memory-mapped file ([`Buf`]). Keeping mapped
 //! weights in their file form (no f32 copy) is what lets a multi-GB model, or a database of
@@ -12,10 +14,12 @@
 
 pub mod buf;
 pub mod masked;
+pub mod masked_packed;
 pub mod packed;
 
 pub use buf::Buf;
 pub use masked::{MaskedMatrix, MaskedValues};
+pub use masked_packed::{MaskedPackedMatrix, MaskedPackedParts};
 pub use packed::{PackedMatrix, PackedParts};
 
 use half::{bf16, f16};
@@ -63,6 +67,8 @@ pub enum Storage {
     Packed(Arc<PackedMatrix>),
     /// Sparse mask + values (see [`masked`]).
     Masked(Arc<MaskedMatrix>),
+    /// Sparse mask + quantized codes of the kept weights (see [`masked_packed`]).
+    MaskedPacked(Arc<MaskedPackedMatrix>),
 }
 
 /// How a weight is stored, for reports.
@@ -71,6 +77,7 @@ pub enum WeightKind {
     Dense(DType),
     Packed { bits: u8, group_size: usize },
     Masked { values: DType, has_mask: bool },
+    MaskedPacked { bits: u8, group_size: usize },
 }
 
 impl std::fmt::Display for WeightKind {
@@ -85,6 +92,9 @@ impl std::fmt::Display for WeightKind {
                 }
                 Ok(())
             }
+            WeightKind::MaskedPacked { bits, group_size } => {
+                write!(f, "masked packed {bits}-bit g{group_size}")
+            }
         }
     }
 }
@@ -96,6 +106,7 @@ pub(crate) enum Source<'a> {
     Dense(WeightView<'a>),
     Packed(&'a PackedMatrix, usize),
     Masked(&'a MaskedMatrix, usize),
+    MaskedPacked(&'a MaskedPackedMatrix, usize),
 }
 
 /// A borrowed, typed view of a weight's elements.
@@ -251,6 +262,18 @@ impl Weight {
         }
     }
 
+    /// A masked-packed (sparse and quantized) weight from its stored parts, each owned or a
+    /// region of a mapped file; the parts are checked against each other.
+    pub fn masked_packed(parts: MaskedPackedParts) -> Result<Self, WeightError> {
+        let m = MaskedPackedMatrix::new(parts)?;
+        Ok(Weight {
+            rows: m.rows(),
+            cols: m.cols(),
+            storage: Storage::MaskedPacked(Arc::new(m)),
+            row0: 0,
+        })
+    }
+
     /// How the weight is stored.
     pub fn kind(&self) -> WeightKind {
         match &self.storage {
@@ -261,6 +284,10 @@ impl Weight {
             Storage::Masked(m) => WeightKind::Masked {
                 values: m.values().dtype(),
                 has_mask: m.mask().is_some(),
+            },
+            Storage::MaskedPacked(m) => WeightKind::MaskedPacked {
+                bits: m.bits(),
+                group_size: m.group_size(),
             },
             _ => WeightKind::Dense(self.dtype()),
         }
@@ -277,19 +304,21 @@ impl Weight {
         match &self.storage {
             Storage::Packed(p) => p.bytes_of_rows(self.rows),
             Storage::Masked(m) => m.bytes_of_rows(self.row0, self.rows),
+            Storage::MaskedPacked(m) => m.bytes_of_rows(self.row0, self.rows),
             _ => self.numel() * self.dtype().size_of(),
         }
     }
 
     /// The element type of a dense weight. For compressed kinds, the type values are decoded
-    /// from (f16 scales for packed, the values' type for masked); see [`Weight::kind`].
+    /// from (f16 scales for packed and masked-packed, the values' type for masked); see
+    /// [`Weight::kind`].
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::F32(_) => DType::F32,
             Storage::F16(_) => DType::F16,
             Storage::BF16(_) => DType::BF16,
             Storage::Mapped { dtype, .. } => *dtype,
-            Storage::Packed(_) => DType::F16,
+            Storage::Packed(_) | Storage::MaskedPacked(_) => DType::F16,
             Storage::Masked(m) => m.values().dtype(),
         }
     }
@@ -347,7 +376,7 @@ impl Weight {
                     ),
                 }
             }
-            Storage::Packed(_) | Storage::Masked(_) => return None,
+            Storage::Packed(_) | Storage::Masked(_) | Storage::MaskedPacked(_) => return None,
         })
     }
 
@@ -355,6 +384,7 @@ impl Weight {
         match &self.storage {
             Storage::Packed(p) => Source::Packed(p, self.row0),
             Storage::Masked(m) => Source::Masked(m, self.row0),
+            Storage::MaskedPacked(m) => Source::MaskedPacked(m, self.row0),
             _ => Source::Dense(self.dense_view().expect("dense storage")),
         }
     }
@@ -391,6 +421,7 @@ impl Weight {
                 }
             }
             Source::Masked(m, row0) => m.decode_rows_into(row0 + first, out),
+            Source::MaskedPacked(m, row0) => m.decode_rows_into(row0 + first, out),
         }
     }
 
