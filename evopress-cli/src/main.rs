@@ -22,6 +22,7 @@ pub static METHODS: &[&dyn Method] = &[
     &evopress_sparse::SPARSE,
     &evopress_quant::QUANT,
     &evopress_wanda::WANDA,
+    &evopress_joint::JOINT,
 ];
 
 #[derive(Parser)]
