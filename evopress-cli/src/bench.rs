@@ -95,7 +95,9 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let seq_len = a.seq_len as usize;
     let vocab = model.vocab_size() as u32;
     // Deterministic pseudo-text: the speed of a dense forward does not depend on the ids.
-    let tokens: Vec<u32> = (0..seq_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let tokens: Vec<u32> = (0..seq_len as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
     let time = |m: &Model, plan: &[BlockPlan]| -> Result<f64> {
         let t0 = Instant::now();
         let h = m.hidden_states(&Cpu, &tokens, 1, plan)?;
@@ -267,7 +269,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn search(a: SearchArgs) -> Result<()> {
-    let runs = evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations as usize)?;
+    let runs =
+        evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations as usize)?;
     if a.json {
         println!("{}", serde_json::to_string(&runs)?);
         return Ok(());

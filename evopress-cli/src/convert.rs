@@ -1,16 +1,16 @@
-//! `evopress convert`: write an HF directory (config.json, tokenizer.json, model.safetensors)
-//! that HF transformers and this tool load with identical logits, optionally of a compressed
-//! model (any method's result files applied: see [`ConfigArgs`]).
+//! `evopress convert`: write a model, optionally compressed by any method's result files
+//! ([`ConfigArgs`]), in a format other tools deploy (the `evopress-export` crate): an HF
+//! directory, a GPTQ checkpoint directory or a GGUF file.
 
 use crate::configs::ConfigArgs;
-use anyhow::{Context, Result};
-use evopress_core::hf::write_hf_dir;
-use evopress_core::source::read_all;
+use anyhow::{bail, Context, Result};
 use evopress_core::units::linear_units;
-use evopress_core::Candidate;
 use evopress_core::{Model, ModelSource};
+use evopress_export::gguf::{GgufOptions, GgufQuant};
+use evopress_export::gptq::{GptqFormat, GptqOptions};
+use evopress_export::hf::{HfOptions, SparseFormat};
 use evopress_kernels::DType;
-use evopress_kernels::Weight;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -18,14 +18,22 @@ pub struct Args {
     /// A `.gguf` file or an HF directory.
     #[arg(long)]
     model: PathBuf,
-    /// Output directory (created).
+    /// Output: a directory for hf and gptq (created), a file for gguf.
     #[arg(long)]
     out: PathBuf,
-    /// Element type of the written weights. f32 keeps dequantized GGUF weights exact.
+    /// hf: transformers directory; gptq: GPTQ checkpoint of a bit-width result; gguf: llama.cpp
+    /// file (needs a GGUF model).
+    #[arg(long, default_value = "hf", value_parser = ["hf", "gptq", "gguf"])]
+    to: String,
+    /// hf: dense | sparse-bitmask (default: sparse-bitmask when the model has sparse layers);
+    /// gptq: auto | gptq | gptq_v2 (zero-point convention, default auto);
+    /// gguf: compact | exact (quantized layers in Q4_1 where they fit, or all in exact Q8_0).
+    #[arg(long)]
+    format: Option<String>,
+    /// Element type of dense weights (hf, and re-encoded dense tensors of gguf). f32 keeps
+    /// dequantized GGUF weights exact.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     dtype: String,
-    /// Write the model compressed by these configs (sparse and quantized layers as the dense
-    /// matrices they stand for, dropped sub-blocks as zero output projections).
     #[command(flatten)]
     configs: ConfigArgs,
 }
@@ -33,65 +41,56 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let src =
         ModelSource::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let config = src.config()?;
     let dtype = match a.dtype.as_str() {
         "f16" => DType::F16,
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut tensors = read_all(src.tensors())?;
-    if !a.configs.is_empty() {
-        let model = Model::from_source(config.clone(), src.tensors())?;
-        let (candidate, report) = a.configs.configs().apply(&model)?;
-        replace_tensors(&candidate, &mut tensors)?;
-        for line in &report.summary {
-            println!("{line}");
+    let model = Model::from_source(src.config()?, src.tensors())?;
+    let (candidate, compressed) = a.configs.configs().apply(&model)?;
+    for line in &compressed.summary {
+        println!("{line}");
+    }
+    let format = a.format.as_deref();
+    let report = match a.to.as_str() {
+        "gptq" => {
+            let format = match format.unwrap_or("auto") {
+                "auto" => GptqFormat::Auto,
+                "gptq" => GptqFormat::V1,
+                "gptq_v2" => GptqFormat::V2,
+                other => bail!("--format {other}: gptq formats are auto, gptq, gptq_v2"),
+            };
+            evopress_export::gptq::write_gptq(&candidate, &src, &a.out, &GptqOptions { format })
+        }
+        "gguf" => {
+            let quant = match format.unwrap_or("compact") {
+                "compact" => GgufQuant::Compact,
+                "exact" => GgufQuant::Exact,
+                other => bail!("--format {other}: gguf formats are compact, exact"),
+            };
+            let opts = GgufOptions {
+                dense: dtype,
+                quant,
+            };
+            evopress_export::gguf::write_gguf(&candidate, &src, &a.out, &opts, HashMap::new())
+        }
+        _ => {
+            let has_masked = (linear_units(&candidate.model).iter())
+                .flat_map(|u| u.parts.iter().map(move |p| (u.block, p.kind)))
+                .any(|(b, k)| candidate.model.linear(b, k).weight.as_masked().is_some());
+            let sparse = match format {
+                None if has_masked => SparseFormat::Bitmask,
+                None | Some("dense") => SparseFormat::Dense,
+                Some("sparse-bitmask") => SparseFormat::Bitmask,
+                Some(other) => bail!("--format {other}: hf formats are dense, sparse-bitmask"),
+            };
+            evopress_export::hf::write_hf(&candidate, &src, &a.out, &HfOptions { dtype, sparse })
         }
     }
-    write_hf_dir(&a.out, &config, tensors, dtype)?;
-    if let Some(tok) = src.tokenizer()? {
-        tok.save(a.out.join("tokenizer.json"))?;
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    for line in report.lines() {
+        println!("{line}");
     }
     println!("wrote {}", a.out.display());
-    Ok(())
-}
-
-/// The candidate's weights under their HF names, replacing the dense ones in `tensors`: every
-/// compressed unit as the dense matrix it stands for, and every dropped sub-block as a zero
-/// output projection (its residual branch then adds exactly nothing, so any tool that loads
-/// the directory computes what our forward pass computes).
-fn replace_tensors(candidate: &Candidate, tensors: &mut [(String, Weight)]) -> Result<()> {
-    let model = &candidate.model;
-    let mut replaced: Vec<(String, Weight)> = Vec::new();
-    for unit in linear_units(model) {
-        let mut data = Vec::with_capacity(unit.numel());
-        for p in &unit.parts {
-            data.extend(model.linear(unit.block, p.kind).weight.to_f32_vec());
-        }
-        replaced.push((
-            format!("{}.weight", unit.name),
-            Weight::from_f32(unit.rows, unit.cols, data),
-        ));
-    }
-    for (b, p) in candidate.plan.iter().enumerate() {
-        let layer = &model.layers[b];
-        let zero = |w: &Weight| Weight::from_f32(w.rows, w.cols, vec![0.0; w.numel()]);
-        if !p.attn {
-            let o = &layer.self_attn.o_proj.weight;
-            replaced.push((format!("model.layers.{b}.self_attn.o_proj.weight"), zero(o)));
-        }
-        if !p.mlp {
-            let d = &layer.mlp.down_proj.weight;
-            replaced.push((format!("model.layers.{b}.mlp.down_proj.weight"), zero(d)));
-        }
-    }
-    for (name, w) in replaced {
-        let slot = tensors
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| anyhow::anyhow!("the model file has no tensor `{name}`"))?;
-        slot.1 = w;
-    }
     Ok(())
 }

@@ -1,7 +1,9 @@
-//! `evopress generate`: greedy decoding with a KV cache.
+//! `evopress generate`: greedy decoding with a KV cache, of the model or of a compressed
+//! candidate of it (the same flags as `eval`).
 
+use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
-use evopress_core::{load_model, BlockPlan};
+use evopress_core::load_model;
 use evopress_kernels::cpu::Cpu;
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,12 +21,15 @@ pub struct Args {
     /// Print the new token ids and timing as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    configs: ConfigArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = loaded.tokenizer()?;
-    let model = &loaded.model;
+    let (candidate, _) = a.configs.configs().apply(&loaded.model)?;
+    let (model, plan) = (&candidate.model, &candidate.plan);
     let prompt = tok.encode(&a.prompt)?;
     let context = model.config.max_position_embeddings;
     anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
@@ -36,15 +41,8 @@ pub fn run(a: Args) -> Result<()> {
         a.max_tokens,
         context.saturating_sub(prompt.len())
     );
-    let plan = vec![BlockPlan::FULL; model.layers.len()];
     let t0 = Instant::now();
-    let ids = model.generate(
-        &Cpu,
-        &prompt,
-        a.max_tokens,
-        model.config.eos_token_id,
-        &plan,
-    )?;
+    let ids = model.generate(&Cpu, &prompt, a.max_tokens, model.config.eos_token_id, plan)?;
     let seconds = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids)?;
     if a.json {

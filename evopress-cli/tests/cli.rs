@@ -313,3 +313,64 @@ fn drop_config_in_both_formats_and_exported_evaluates_the_same() {
         "exported {exported} vs {a}"
     );
 }
+
+#[test]
+fn a_finished_run_is_refused_without_resume_or_force_and_records_its_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "", "sparsity = 0.1");
+    search_ok(&cfg, &[]);
+    let out = dir.path().join("out");
+    let result = std::fs::read_to_string(out.join("result.toml")).unwrap();
+    assert!(result.contains("fitness = \"kl\""), "{result}");
+    assert!(result.contains("[[baselines]]") && result.contains("search_beats"));
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = (history.lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "generation 0 and five more");
+    assert!(lines.iter().all(|l| l["seconds"].as_f64().unwrap() > 0.0));
+    assert!(lines[0]["seeds"].as_array().unwrap().len() >= 5);
+
+    let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+    search_ok(&cfg, &["--force"]);
+}
+
+#[test]
+fn a_second_writer_of_an_output_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "", "sparsity = 0.1");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = std::fs::File::create(out.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
+    assert!(err.contains("another evopress process"), "{err}");
+}
+
+#[test]
+fn zero_counts_are_refused_and_errors_carry_no_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "", "sparsity = 0.1");
+    let cfg = cfg.to_str().unwrap();
+    let m = model().display().to_string();
+    for args in [
+        vec!["search", "--config", cfg, "--stop-after", "0"],
+        vec!["bench", "forward", "--model", &m, "--seq-len", "0"],
+        vec!["bench", "forward", "--model", &m, "--iters", "0"],
+        vec!["eval", "--model", &m, "--data", "x.txt", "--windows", "0"],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("0"), "{args:?}: {err}");
+    }
+    let out = evopress(&["eval", "--model", "no/such.gguf", "--data", "x.txt"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no/such.gguf"),
+        "{err}"
+    );
+    assert!(!err.contains("backtrace"), "{err}");
+}

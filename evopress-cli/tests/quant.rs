@@ -37,7 +37,7 @@ propagation = "dense"
         ),
     );
     // Interrupted after 2 blocks, then resumed to the end.
-    ok(&[
+    let partial = ok(&[
         "build-db",
         "--quiet",
         "--config",
@@ -45,6 +45,11 @@ propagation = "dense"
         "--stop-after-blocks",
         "2",
     ]);
+    assert!(
+        partial.stderr.is_empty(),
+        "--quiet printed: {}",
+        String::from_utf8_lossy(&partial.stderr)
+    );
     let out = ok(&["build-db", "--quiet", "--config", &db_cfg]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("complete"), "{text}");

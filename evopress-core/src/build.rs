@@ -111,7 +111,7 @@ pub fn build_database<D: Device + ?Sized>(
     let model = req.model;
     let header = StoreHeader {
         backend: builder.backend().to_string(),
-        format: builder.format().to_string(),
+        variant_format: builder.format().to_string(),
         model: ModelInfo::of(model, req.model_path),
         params: builder.params(),
         calibration: req.calibration,

@@ -1,5 +1,6 @@
 //! evopress-core: everything between a model file and a fitness number.
 //!
+//! - [`fsutil`]: the one atomic file write every output goes through;
 //! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
 //! - [`data`]: text files to token windows, perplexity;

@@ -144,12 +144,68 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Writes a `tokenizer.json` that HF `tokenizers` and transformers load.
+    /// The `tokenizer.json` text, readable by HF `tokenizers` from 0.19 on (see
+    /// [`merges_as_strings`]).
+    pub fn to_json(&self) -> Result<String> {
+        let text = self
+            .inner
+            .to_string(false)
+            .map_err(|e| self.err(format!("cannot serialize the tokenizer: {e}")))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).expect("tokenizers writes valid JSON");
+        merges_as_strings(&mut v);
+        Ok(serde_json::to_string_pretty(&v).expect("a JSON value serializes"))
+    }
+
+    /// Writes [`to_json`](Self::to_json) to `path`, atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        self.inner
-            .save(path, true)
-            .map_err(|e| Error::format(path, format!("cannot write tokenizer.json: {e}")))
+        crate::fsutil::write_atomically(path.as_ref(), self.to_json()?.as_bytes())
+    }
+
+    /// The added tokens (special and not), as `(id, content, special)`, by id.
+    pub fn added_tokens(&self) -> Vec<(u32, String, bool)> {
+        let mut v: Vec<(u32, String, bool)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, t.content, t.special))
+            .collect();
+        v.sort_unstable_by_key(|t| t.0);
+        v
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
+/// Rewrites a parsed `tokenizer.json` so that HF `tokenizers` from 0.19 on reads it: BPE merges
+/// become `"a b"` strings (the `tokenizers` crate writes `["a", "b"]` pairs since 0.20, which
+/// older readers reject). A vocabulary whose merge parts contain a space keeps the pair form,
+/// the only one that can hold it.
+pub fn merges_as_strings(tokenizer_json: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(merges) = tokenizer_json
+        .pointer_mut("/model/merges")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    let joined: Option<Vec<Value>> = merges
+        .iter()
+        .map(|m| match m {
+            Value::String(_) => Some(m.clone()),
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::String(a), Value::String(b)] if !a.contains(' ') && !b.contains(' ') => {
+                    Some(Value::String(format!("{a} {b}")))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    if let Some(joined) = joined {
+        *merges = joined;
     }
 }
 

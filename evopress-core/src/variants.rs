@@ -36,10 +36,10 @@ impl VariantTable {
         let store = VariantStore::open(dir)?;
         let m = store.manifest();
         let bad = |msg: String| Err(Error::Invalid(format!("{}: {msg}", dir.display())));
-        if m.header.format != format {
+        if m.header.variant_format != format {
             return bad(format!(
                 "a `{}` database of `{}` variants; this run reads `{format}` variants",
-                m.header.backend, m.header.format
+                m.header.backend, m.header.variant_format
             ));
         }
         if m.header.model.fingerprint != model.fingerprint() {

@@ -5,11 +5,11 @@
 use evopress_core::data::{self, TokenizedFile};
 use evopress_core::evaluate::{Calibration, StageCache};
 use evopress_core::fitness::FitnessKind;
-use evopress_search::TokenSlice;
 use evopress_core::store::{ModelInfo, StoreHeader, StoreWriter};
 use evopress_core::variants::VariantTable;
 use evopress_core::{load_model, BlockPlan, Model};
 use evopress_kernels::cpu::Cpu;
+use evopress_search::TokenSlice;
 use safetensors::SafeTensors;
 use std::fs;
 use std::path::Path;
@@ -43,7 +43,7 @@ fn tokens() -> Vec<u32> {
 fn header(model: &Model, path: &Path) -> StoreHeader {
     StoreHeader {
         backend: "test".into(),
-        format: "masked".into(),
+        variant_format: "masked".into(),
         model: ModelInfo::of(model, path),
         params: serde_json::json!({}),
         calibration: serde_json::json!({}),

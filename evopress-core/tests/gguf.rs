@@ -160,7 +160,7 @@ fn tiny_llama_with(overrides: &[(&str, Option<MetaValue>)]) -> GgufWriter {
     w
 }
 
-fn write(w: &GgufWriter, dir: &Path, name: &str) -> PathBuf {
+fn write(w: GgufWriter, dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     w.write(&path).unwrap();
     path
@@ -188,7 +188,7 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
 #[test]
 fn tiny_llama_metadata_and_config() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(&tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
+    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
     assert_eq!(g.version(), 3);
     assert_eq!(g.alignment(), 32);
     assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
@@ -227,7 +227,7 @@ fn tiny_llama_metadata_and_config() {
 #[test]
 fn metadata_type_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(&tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
+    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
     let e = g.get_u32("general.architecture").unwrap_err().to_string();
     assert_mentions(
         &e,
@@ -309,7 +309,7 @@ fn q_and_k_rows_that_do_not_split_into_heads_name_the_head_count_key() {
 #[test]
 fn names_and_shapes_are_hf() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(&tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
+    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
     assert_eq!(g.names()[0], "model.embed_tokens.weight");
     assert_eq!(g.shape("model.embed_tokens.weight"), Some(vec![4, 32]));
     assert_eq!(
@@ -336,7 +336,7 @@ fn names_and_shapes_are_hf() {
 #[test]
 fn quantized_tensors_dequantize_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(&tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
+    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
     let v = g.weight("model.layers.0.self_attn.v_proj.weight").unwrap();
     assert_eq!((v.rows, v.cols, v.dtype()), (1, 32, DType::F32));
     assert_eq!(v.to_f32_vec(), q4_1_expected());
@@ -355,7 +355,7 @@ fn quantized_tensors_dequantize_exactly() {
 #[test]
 fn llama_q_and_k_rows_are_unpermuted() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(&tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
+    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
     let q = g.weight("model.layers.0.self_attn.q_proj.weight").unwrap();
     let want: Vec<f32> = (0..64).map(|x| x as f32).collect();
     assert_eq!(q.to_f32_vec(), want);
@@ -367,7 +367,7 @@ fn llama_q_and_k_rows_are_unpermuted() {
 #[test]
 fn unloadable_type_and_missing_tensor_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(&tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
+    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
     let e = g.weight("model.layers.0.mlp.gate_proj.weight").unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert_mentions(
@@ -432,7 +432,7 @@ fn qwen2_biases_are_kept_in_order() {
     .unwrap()
     .add_tensor("blk.0.attn_q.bias", &[8], GgmlType::F32, f32_bytes(&bias))
     .unwrap();
-    let g = GgufFile::open(write(&w, dir.path(), "qwen.gguf")).unwrap();
+    let g = GgufFile::open(write(w, dir.path(), "qwen.gguf")).unwrap();
     let cfg = g.model_config().unwrap();
     assert_eq!(cfg.arch, Arch::Qwen2);
     assert!(cfg.attention_bias);
@@ -448,7 +448,7 @@ fn unsupported_architecture_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = GgufWriter::new();
     w.add_meta("general.architecture", s("mamba"));
-    let g = GgufFile::open(write(&w, dir.path(), "mamba.gguf")).unwrap();
+    let g = GgufFile::open(write(w, dir.path(), "mamba.gguf")).unwrap();
     let e = g.model_config().unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert_mentions(

@@ -293,6 +293,24 @@ impl Weight {
         }
     }
 
+    /// The quantized matrix behind this weight and this weight's first row in it, for writers
+    /// that store the codes as they are (exporters); `None` for other kinds.
+    pub fn as_packed(&self) -> Option<(&PackedMatrix, usize)> {
+        match &self.storage {
+            Storage::Packed(p) => Some((p, self.row0)),
+            _ => None,
+        }
+    }
+
+    /// The sparse matrix behind this weight and this weight's first row in it; `None` for
+    /// other kinds.
+    pub fn as_masked(&self) -> Option<(&MaskedMatrix, usize)> {
+        match &self.storage {
+            Storage::Masked(m) => Some((m, self.row0)),
+            _ => None,
+        }
+    }
+
     /// True for f32/f16/bf16 storage (which [`Weight::view`] can show).
     pub fn is_dense(&self) -> bool {
         matches!(self.kind(), WeightKind::Dense(_))

@@ -144,7 +144,7 @@ pub fn summary(dir: &Path, unit_seconds: &BTreeMap<String, f64>) -> Result<Value
     let n_units = m.units.len().max(1);
     Ok(json!({
         "backend": m.header.backend,
-        "format": m.header.format,
+        "variant_format": m.header.variant_format,
         "params": m.header.params,
         "blocks": m.blocks_done.len(),
         "units": m.units.len(),

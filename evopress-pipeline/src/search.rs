@@ -128,6 +128,8 @@ impl TournamentReport {
 
 /// Everything a run holds between its phases.
 struct Run<'a> {
+    /// When this invocation started (before loading the model).
+    started: Instant,
     cfg: &'a RunConfig,
     session: &'a Session<'a>,
     backend: &'a dyn CompressionBackend,
@@ -143,6 +145,7 @@ pub fn run_search(
     dev: &dyn Device,
     opts: &SearchOptions,
 ) -> Result<SearchOutcome> {
+    let started = Instant::now();
     let cfg = RunConfig::read(config)?;
     let (kind, section) = split_kind(&cfg.backend, "[backend]")?;
     let method = find_method(methods, &kind)?;
@@ -156,6 +159,7 @@ pub fn run_search(
     let held_out = session.held_out_windows(&cfg.eval)?;
     let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
     let run = Run {
+        started,
         cfg: &cfg,
         session: &session,
         backend: backend.as_ref(),
@@ -256,7 +260,15 @@ impl Run<'_> {
             generations_left: opts.stop_after,
         };
         let mut state = state;
-        let reserve = self.reserve_seconds(&search, &state, held_out);
+        // A time budget covers the whole invocation: loading, dense targets and baselines
+        // too, not only the generations the history records.
+        let recorded_here: f64 = if resuming {
+            0.0
+        } else {
+            state.history.iter().map(|r| r.seconds).sum()
+        };
+        let setup = (self.started.elapsed().as_secs_f64() - recorded_here).max(0.0);
+        let reserve = setup + self.reserve_seconds(&search, &state, held_out);
         let stop = search.run(&mut state, &mut evaluator, &mut observer, reserve)?;
         observer.bar.finish_and_clear();
         if stop == Stop::Interrupted {

@@ -77,7 +77,7 @@ fn q4_1_block(b: &[u8], out: &mut [f32]) {
 /// .swapaxes(1, 2)`), so that its RoPE rotates adjacent pairs. HF's rotate-half layout is
 /// `reshape(n_head, half, 2, cols).swapaxes(1, 2)` of the file: HF row `(h, i, j)` is file
 /// row `(h, j, i)`.
-pub(super) fn unpermuted_source_row(r: usize, rows_per_head: usize) -> usize {
+pub fn unpermuted_source_row(r: usize, rows_per_head: usize) -> usize {
     let half = rows_per_head / 2;
     let (head, within) = (r / rows_per_head, r % rows_per_head);
     let (i, j) = (within / half, within % half);

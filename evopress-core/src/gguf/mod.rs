@@ -12,6 +12,8 @@ mod parse;
 mod types;
 mod writer;
 
+pub use dequant::unpermuted_source_row;
+pub use names::{gguf_name, hf_name};
 pub use parse::TensorInfo;
 pub use types::{GgmlType, MetaValue};
 pub use writer::GgufWriter;
@@ -95,6 +97,14 @@ impl GgufFile {
     /// Tensor descriptions under their GGUF names, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
+    }
+
+    /// A tensor's encoded bytes as stored (any ggml type), for writers that copy tensors
+    /// unchanged. Opening checked that they lie inside the file.
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
+        let start = self.data_offset(t) as usize;
+        let len = t.n_bytes().expect("checked at open") as usize;
+        &self.map[start..start + len]
     }
 
     /// Byte offset of a tensor's data in the file.

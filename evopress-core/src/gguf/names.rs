@@ -25,7 +25,7 @@ const GLOBAL_NAMES: [(&str, &str); 3] = [
 /// The HF name of GGUF tensor `name`, or `None` for tensors with no HF counterpart (they
 /// keep their GGUF name). `fused_gate_up` is set for Phi-3, whose `ffn_up` holds HF's
 /// `gate_up_proj` (gate rows first, as in HF).
-pub(super) fn hf_name(name: &str, fused_gate_up: bool) -> Option<String> {
+pub fn hf_name(name: &str, fused_gate_up: bool) -> Option<String> {
     let (stem, kind) = name.rsplit_once('.')?;
     if kind != "weight" && kind != "bias" {
         return None;
@@ -43,9 +43,29 @@ pub(super) fn hf_name(name: &str, fused_gate_up: bool) -> Option<String> {
     Some(format!("{hf}.{kind}"))
 }
 
+/// The GGUF name of HF tensor `name` (the inverse of [`hf_name`]), or `None` for names with no
+/// GGUF counterpart. `fused_gate_up` as for [`hf_name`].
+pub fn gguf_name(name: &str, fused_gate_up: bool) -> Option<String> {
+    let (stem, kind) = name.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    if let Some(rest) = stem.strip_prefix("model.layers.") {
+        let (layer, hf) = rest.split_once('.')?;
+        layer.parse::<usize>().ok()?;
+        let gguf = match hf {
+            "mlp.gate_up_proj" if fused_gate_up => "ffn_up",
+            _ => BLOCK_NAMES.iter().find(|(_, h)| *h == hf)?.0,
+        };
+        return Some(format!("blk.{layer}.{gguf}.{kind}"));
+    }
+    let gguf = GLOBAL_NAMES.iter().find(|(_, h)| *h == stem)?.0;
+    Some(format!("{gguf}.{kind}"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::hf_name;
+    use super::{gguf_name, hf_name};
 
     #[test]
     fn maps_block_and_global_names() {
@@ -80,7 +100,13 @@ mod tests {
         ];
         for (gguf, hf) in cases {
             assert_eq!(hf_name(gguf, false).as_deref(), Some(hf), "{gguf}");
+            assert_eq!(gguf_name(hf, false).as_deref(), Some(gguf), "{hf}");
         }
+        assert_eq!(
+            gguf_name("model.layers.2.mlp.gate_up_proj.weight", true).as_deref(),
+            Some("blk.2.ffn_up.weight")
+        );
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight", false), None);
     }
 
     #[test]

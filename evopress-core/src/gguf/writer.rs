@@ -1,17 +1,40 @@
-//! A small GGUF v3 writer: metadata plus tensors whose bytes the caller has already encoded.
-//! Export uses it to write llama.cpp-loadable files; tests use it to make synthetic models.
+//! A small GGUF v3 writer: metadata plus tensors whose bytes the caller encodes, in any ggml
+//! type (F16, Q4_1, Q8_0, ...; the writer only checks the byte count against the type's block
+//! size). Export uses it to write llama.cpp-loadable files; tests use it to make synthetic
+//! models.
+//!
+//! A tensor's bytes may be given now ([`GgufWriter::add_tensor`]) or as an encoder run while
+//! the file is written ([`GgufWriter::add_tensor_with`]), so a multi-GB model is never held
+//! encoded in memory at once.
 
 use super::parse::MAGIC;
 use super::types::{GgmlType, MetaValue};
 use crate::error::{Error, Result};
-use std::io::Write;
+use crate::fsutil::write_atomically_with;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
-/// Collects metadata and tensors in memory, then writes them in one go.
+/// Produces one tensor's encoded bytes when the file is written.
+pub type TensorEncoder = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
+
+enum TensorBytes {
+    Ready(Vec<u8>),
+    Deferred(TensorEncoder),
+}
+
+struct PendingTensor {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    len: u64,
+    bytes: TensorBytes,
+}
+
+/// Collects metadata and tensors, then writes them in one go.
 #[derive(Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, MetaValue)>,
-    tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
+    tensors: Vec<PendingTensor>,
 }
 
 impl GgufWriter {
@@ -35,19 +58,42 @@ impl GgufWriter {
         data: Vec<u8>,
     ) -> Result<&mut Self> {
         let name = name.into();
-        let numel: u64 = dims.iter().product();
-        let (block, block_bytes) = (ty.block_len() as u64, ty.block_bytes() as u64);
-        let expected = numel
-            .is_multiple_of(block)
-            .then_some(numel / block * block_bytes);
-        if expected != Some(data.len() as u64) {
+        let len = encoded_len(&name, dims, ty)?;
+        if len != data.len() as u64 {
             return Err(Error::Invalid(format!(
-                "GGUF writer: tensor `{name}` of type {ty} and dims {dims:?} needs {} bytes, got {}",
-                expected.map_or("whole blocks and".into(), |e| e.to_string()),
+                "GGUF writer: tensor `{name}` of type {ty} and dims {dims:?} needs {len} bytes, \
+                 got {}",
                 data.len()
             )));
         }
-        self.tensors.push((name, dims.to_vec(), ty, data));
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            ty,
+            len,
+            bytes: TensorBytes::Ready(data),
+        });
+        Ok(self)
+    }
+
+    /// Adds a tensor whose bytes `encode` produces while the file is written (checked then
+    /// against the dims and type, like [`add_tensor`](Self::add_tensor)).
+    pub fn add_tensor_with(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+        encode: TensorEncoder,
+    ) -> Result<&mut Self> {
+        let name = name.into();
+        let len = encoded_len(&name, dims, ty)?;
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            ty,
+            len,
+            bytes: TensorBytes::Deferred(encode),
+        });
         Ok(self)
     }
 
@@ -59,8 +105,8 @@ impl GgufWriter {
             .map_or(32, |a| a as u64)
     }
 
-    /// The complete file contents.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// Header, metadata and tensor descriptions, padded to the data alignment.
+    fn header(&self) -> Result<Vec<u8>> {
         let align = self.alignment();
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
@@ -73,26 +119,80 @@ impl GgufWriter {
             put_value(&mut out, key, value)?;
         }
         let mut offset = 0u64;
-        for (name, dims, ty, data) in &self.tensors {
-            put_str(&mut out, name);
-            put_u32(&mut out, dims.len() as u32);
-            dims.iter().for_each(|&d| put_u64(&mut out, d));
-            put_u32(&mut out, ty.id());
+        for t in &self.tensors {
+            put_str(&mut out, &t.name);
+            put_u32(&mut out, t.dims.len() as u32);
+            t.dims.iter().for_each(|&d| put_u64(&mut out, d));
+            put_u32(&mut out, t.ty.id());
             put_u64(&mut out, offset);
-            offset = (offset + data.len() as u64).div_ceil(align) * align;
+            offset = (offset + t.len).div_ceil(align) * align;
         }
-        for (_, _, _, data) in &self.tensors {
-            pad_to(&mut out, align);
-            out.extend_from_slice(data);
-        }
+        pad_to(&mut out, align);
         Ok(out)
     }
 
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io(path, e))
+    /// Writes the whole file to `out`, encoding deferred tensors one at a time.
+    fn write_to(self, out: &mut impl Write, path: &Path) -> Result<()> {
+        let align = self.alignment();
+        let io = |e| Error::io(path, e);
+        out.write_all(&self.header()?).map_err(io)?;
+        let mut written = 0u64;
+        for t in self.tensors {
+            // Pad up to the tensor's offset (no padding after the last tensor).
+            let pad = (written.div_ceil(align) * align - written) as usize;
+            out.write_all(&vec![0u8; pad]).map_err(io)?;
+            written += pad as u64;
+            let data = match t.bytes {
+                TensorBytes::Ready(d) => d,
+                TensorBytes::Deferred(encode) => encode()?,
+            };
+            if data.len() as u64 != t.len {
+                return Err(Error::Invalid(format!(
+                    "GGUF writer: the encoder of tensor `{}` ({} {:?}) produced {} bytes, {} \
+                     expected",
+                    t.name,
+                    t.ty,
+                    t.dims,
+                    data.len(),
+                    t.len
+                )));
+            }
+            out.write_all(&data).map_err(io)?;
+            written += t.len;
+        }
+        Ok(())
     }
+
+    /// The complete file contents (for tests that corrupt them).
+    pub fn to_bytes(self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_to(&mut out, Path::new("<memory>"))?;
+        Ok(out)
+    }
+
+    /// Writes the file atomically (temporary file, sync, rename).
+    pub fn write(self, path: &Path) -> Result<()> {
+        write_atomically_with(path, |tmp| {
+            let f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+            let mut w = BufWriter::new(f);
+            self.write_to(&mut w, tmp)?;
+            w.flush().map_err(|e| Error::io(tmp, e))
+        })
+    }
+}
+
+/// Bytes of a tensor of `dims` in type `ty`: whole blocks along the innermost dim.
+fn encoded_len(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64> {
+    let numel: u64 = dims.iter().product();
+    let (block, block_bytes) = (ty.block_len() as u64, ty.block_bytes() as u64);
+    let row = dims.first().copied().unwrap_or(1);
+    if !row.is_multiple_of(block) {
+        return Err(Error::Invalid(format!(
+            "GGUF writer: tensor `{name}` of type {ty} has rows of {row} elements, not whole \
+             blocks of {block}"
+        )));
+    }
+    Ok(numel / block * block_bytes)
 }
 
 fn pad_to(out: &mut Vec<u8>, align: u64) {

@@ -5,14 +5,14 @@ use super::shapes::expected_tensors;
 use super::{CONFIG, SINGLE};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::fsutil::{write_atomically, write_atomically_with};
 use evopress_kernels::{DType, Weight, WeightView};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Writes `config.json` and a single `model.safetensors` holding `tensors` (HF names, each
 /// exactly once) stored as `dtype`, creating `dir` if needed. The tensors must be exactly
@@ -36,7 +36,7 @@ pub fn write_hf_dir(
     let views = tensor_views(&weights_path, cfg, tensors, dtype)?;
 
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    write_atomically(&weights_path, |tmp| {
+    write_atomically_with(&weights_path, |tmp| {
         safetensors::serialize_to_file(views, &metadata, tmp)
             .map_err(|e| Error::format(tmp, format!("writing safetensors: {e}")))
     })?;
@@ -44,9 +44,7 @@ pub fn write_hf_dir(
     let mut config = cfg.to_hf_json();
     config["torch_dtype"] = torch_dtype(dtype).into();
     let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
-    write_atomically(&dir.join(CONFIG), |tmp| {
-        std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp, e))
-    })
+    write_atomically(&dir.join(CONFIG), (text + "\n").as_bytes())
 }
 
 /// Pairs each tensor with its HF shape from the config, checking names and sizes, and that
@@ -151,22 +149,6 @@ where
     let mut out = vec![T::default(); values.len()];
     out.convert_from_f32_slice(values);
     bytemuck::cast_slice(&out).to_vec()
-}
-
-/// Runs `write` on a temporary path beside `path`, syncs the result and renames it over
-/// `path`. On failure the temporary file is removed and `path` is left untouched.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let mut tmp = PathBuf::from(path);
-    tmp.as_mut_os_string().push(".tmp");
-    let result = write(&tmp).and_then(|()| {
-        let file = File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn torch_dtype(dtype: DType) -> &'static str {

@@ -98,7 +98,7 @@ pub struct StoreHeader {
     /// How variants are stored (`masked`: bitmask + kept values; `packed`: bit-packed codes),
     /// which decides what can read them; empty in stores written before it was recorded.
     #[serde(default)]
-    pub format: String,
+    pub variant_format: String,
     pub model: ModelInfo,
     /// Backend hyper-parameters, opaque here.
     pub params: Value,

@@ -3,7 +3,7 @@ use serde_json::json;
 
 fn header() -> StoreHeader {
     StoreHeader {
-        format: "masked".into(),
+        variant_format: "masked".into(),
         backend: "sparsegpt".into(),
         model: ModelInfo {
             path: "/m.gguf".into(),

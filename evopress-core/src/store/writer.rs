@@ -1,12 +1,11 @@
 //! Writing a store block by block so that a kill at any point leaves it consistent: a block
-//! file is written as `.tmp`, synced and renamed before the manifest (itself replaced by
-//! temp + rename) lists it, so a block is either fully present and listed, or absent.
+//! file is written atomically ([`crate::fsutil`]) before the manifest (itself replaced
+//! atomically) lists it, so a block is either fully present and listed, or absent.
 
 use super::manifest::{block_file, FileEntry, Manifest, StoreHeader, UnitEntry, MANIFEST};
 use super::{check_finite, hash_file, TensorData};
 use crate::error::{Error, Result};
-use std::fs::File;
-use std::io::Write;
+use crate::fsutil::{write_atomically, write_atomically_with};
 use std::path::{Path, PathBuf};
 
 /// A store being built; see the module docs.
@@ -63,7 +62,9 @@ impl StoreWriter {
             }
         } else {
             let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-            if let Some(other) = entries.flatten().find(|e| !is_tmp(&e.path())) {
+            // The build's own lock file (fsutil::DirLock) may already be there.
+            let foreign = |e: &std::fs::DirEntry| !is_tmp(&e.path()) && e.file_name() != ".lock";
+            if let Some(other) = entries.flatten().find(foreign) {
                 return Err(Error::Invalid(format!(
                     "{}: the directory is not a variant store (it holds {} but no {MANIFEST}); \
                      use an empty or new directory",
@@ -131,15 +132,12 @@ impl StoreWriter {
                 ))
             })?;
         }
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let data = tensors.iter().map(|(n, t)| (n.as_str(), t));
-        safetensors::serialize_to_file(data, &None, &tmp)
-            .map_err(|e| Error::format(&tmp, format!("writing safetensors: {e}")))?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        let entry = hash_file(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let entry = write_atomically_with(&path, |tmp| {
+            let data = tensors.iter().map(|(n, t)| (n.as_str(), t));
+            safetensors::serialize_to_file(data, &None, tmp)
+                .map_err(|e| Error::format(tmp, format!("writing safetensors: {e}")))?;
+            hash_file(tmp)
+        })?;
 
         let m = &mut self.manifest;
         m.files.insert(name, entry);
@@ -168,22 +166,10 @@ impl StoreWriter {
         self.write_manifest()
     }
 
-    /// Replaces `manifest.json` atomically (temp, sync, rename, sync the directory).
+    /// Replaces `manifest.json` atomically.
     fn write_manifest(&self) -> Result<()> {
-        let path = self.dir.join(MANIFEST);
-        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
         let text = serde_json::to_string_pretty(&self.manifest).expect("manifest serializes");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        };
-        write().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        // The rename is durable only once the directory entry is.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.dir, e))
+        write_atomically(&self.dir.join(MANIFEST), text.as_bytes())
     }
 }
 
