@@ -187,7 +187,8 @@ pub fn write_gguf(
         let order = row_order(rows, heads);
         let dims = [cols as u64, rows as u64];
         let (ty, bytes) = match data {
-            LinearData::Dense(_) => {
+            // Only weights the model holds as loaded are the source's tensor.
+            LinearData::Dense(parts) if parts.iter().all(|w| w.is_dense()) => {
                 stats.copied += 1;
                 (info.ggml_type, src.tensor_bytes(info).to_vec())
             }
@@ -195,7 +196,8 @@ pub fn write_gguf(
                 stats.zeroed += 1;
                 (GgmlType::Q4_0, ggml_blocks::q4_0_zeros(rows * cols))
             }
-            LinearData::Masked(_) => {
+            // Sparse layers, and compressed ones ggml has no type for (masked-packed).
+            LinearData::Masked(_) | LinearData::Dense(_) => {
                 stats.sparse_dense += 1;
                 let values = data.to_f32(rows, cols);
                 (

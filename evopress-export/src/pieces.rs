@@ -17,7 +17,9 @@ pub enum LinearData<'a> {
     Packed(&'a PackedMatrix),
     /// One sparse matrix holding exactly this layer.
     Masked(&'a MaskedMatrix),
-    /// Anything else: the parts' weights, stacked by rows, decoded when written.
+    /// Anything else: the parts' weights, stacked by rows, decoded when written. They are the
+    /// model's weights as loaded when every part is dense; otherwise a compressed form no
+    /// writer stores as it is (masked-packed: sparse and quantized).
     Dense(Vec<&'a Weight>),
     /// The layer belongs to a dropped sub-block: it must contribute nothing.
     Dropped,
@@ -216,7 +218,8 @@ impl LinearData<'_> {
         match self {
             LinearData::Packed(m) => format!("{}-bit g{}", m.bits(), m.group_size()),
             LinearData::Masked(_) => "sparse".into(),
-            LinearData::Dense(_) => "dense".into(),
+            LinearData::Dense(parts) if parts.iter().all(|w| w.is_dense()) => "dense".into(),
+            LinearData::Dense(parts) => format!("{} (written dense)", parts[0].kind()),
             LinearData::Dropped => "dropped".into(),
         }
     }
