@@ -273,12 +273,7 @@ impl JointBackend {
                 ))
             }
         };
-        let wanted = |c: Combo| {
-            let s_ok = (params.sparsities.as_ref())
-                .is_none_or(|s| s.iter().any(|&x| (x - c.sparsity()).abs() < 5e-4));
-            let b_ok = params.bits.as_ref().is_none_or(|b| b.contains(&c.bits));
-            s_ok && b_ok
-        };
+        let wanted = |c: Combo| wants(&params, c);
         let mut options: Vec<Options> = Vec::with_capacity(table.units().len());
         for u in 0..table.units().len() {
             let entry = table.entry(u);
@@ -311,6 +306,11 @@ impl JointBackend {
             unit_block,
             single_drop: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the run's `sparsities` and `bits` admit `c`.
+    pub fn wants(&self, c: Combo) -> bool {
+        wants(&self.params, c)
     }
 
     pub fn target_bytes(&self) -> u64 {
@@ -409,6 +409,14 @@ impl JointBackend {
             &choice_counts(&choice),
         )
     }
+}
+
+/// Whether the run's `sparsities` and `bits` admit `c`.
+fn wants(params: &JointSearchParams, c: Combo) -> bool {
+    let s_ok = (params.sparsities.as_ref())
+        .is_none_or(|s| s.iter().any(|&x| (x - c.sparsity()).abs() < 5e-4));
+    let b_ok = params.bits.as_ref().is_none_or(|b| b.contains(&c.bits));
+    s_ok && b_ok
 }
 
 pub(crate) fn is_dropped(drops: &DropMask, unit: &evopress_core::units::LinearUnit) -> bool {

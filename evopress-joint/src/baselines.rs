@@ -3,14 +3,17 @@
 //! - `uniform`: every layer at the one stored combination with the most bytes that fits;
 //! - `uniform_drop`: every layer at the next costlier combination, with the sub-blocks whose
 //!   single drop costs the least KL on the baselines' tokens dropped until it fits;
+//!
+//! (both over every combination the database stores for all layers, within the run's
+//! `sparsities` and `bits`, whether or not the Pareto filter kept it in the space);
 //! - `dp`: the layers' combinations minimising the sum of `rel_error` under the budget (a
 //!   knapsack; `rel_error` says nothing about drops, so none).
 
-use crate::backend::JointBackend;
+use crate::backend::{is_dropped, JointBackend};
 use crate::levels::Combo;
 use crate::space::Slot;
-use evopress_core::{Baseline, BaselineContext, BaselineInfo, Error, Result};
-use evopress_prune::DropMask;
+use evopress_core::{Baseline, BaselineContext, BaselineInfo, Candidate, Error, Result};
+use evopress_prune::{drop_config, DropMask};
 use evopress_search::Genome;
 
 /// Knapsack capacity in cost quanta: costs are rounded *up* to a quantum, so a choice that
@@ -47,20 +50,19 @@ pub fn run(b: &JointBackend, name: &str, ctx: &BaselineContext) -> Result<Baseli
     let mut detail = toml::Table::new();
     let n = ctx.model.layers.len();
     let (fits, above) = uniform_choices(b);
-    let genome = match (name, fits, above) {
-        ("uniform", Some((c, bytes)), _) => {
+    let (drops, combos) = match (name, fits, above) {
+        ("uniform", Some((c, _)), _) => {
             detail.insert("combination".into(), c.to_string().into());
-            detail.insert("bytes".into(), (bytes as i64).into());
-            uniform_genome(b, &DropMask::none(n), c)?
+            (DropMask::none(n), uniform(b, c))
         }
         ("uniform_drop", _, Some((c, _))) if b.params.drops => {
             let kl = single_drop_kl(b, ctx)?;
             let mut order: Vec<usize> = (0..kl.len()).collect();
             order.sort_by(|&i, &j| kl[i].total_cmp(&kl[j]).then(i.cmp(&j)));
+            let combos = uniform(b, c);
             let mut drops = DropMask::none(n);
-            let mut genome = uniform_genome(b, &drops, c)?;
             for &i in &order {
-                if b.space.total_cost(&genome) <= b.target {
+                if choice_bytes(b, &drops, &combos) <= b.target {
                     break;
                 }
                 if i < n {
@@ -68,7 +70,6 @@ pub fn run(b: &JointBackend, name: &str, ctx: &BaselineContext) -> Result<Baseli
                 } else {
                     drops.mlp[i - n] = true;
                 }
-                genome = uniform_genome(b, &drops, c)?;
             }
             detail.insert("combination".into(), c.to_string().into());
             let blocks = |v: &[bool]| {
@@ -79,12 +80,12 @@ pub fn run(b: &JointBackend, name: &str, ctx: &BaselineContext) -> Result<Baseli
             };
             detail.insert("dropped_attention".into(), blocks(&drops.attn));
             detail.insert("dropped_mlp".into(), blocks(&drops.mlp));
-            genome
+            (drops, combos)
         }
         ("dp", _, _) => {
             let (genome, error) = dp(b)?;
             detail.insert("sum_rel_error".into(), error.into());
-            genome
+            b.decode(&genome)
         }
         _ => {
             let known: Vec<String> = list(b).into_iter().map(|x| x.name).collect();
@@ -94,42 +95,71 @@ pub fn run(b: &JointBackend, name: &str, ctx: &BaselineContext) -> Result<Baseli
             )));
         }
     };
-    b.space.check_genome(&genome)?;
-    detail.insert("bytes".into(), (b.space.total_cost(&genome) as i64).into());
+    let bytes = choice_bytes(b, &drops, &combos);
+    detail.insert("bytes".into(), (bytes as i64).into());
+    // A uniform choice is a genome of the space unless the Pareto filter removed its
+    // combination from some layer: then it is scored held-out but does not seed the search.
+    let some: Vec<Option<Combo>> = combos.iter().copied().map(Some).collect();
+    let genome = b.encode(&drops, &some).ok();
+    if let Some(g) = &genome {
+        b.space.check_genome(g)?;
+    }
+    let ids: Vec<i32> = combos.iter().map(|c| c.id()).collect();
+    let candidate = Candidate {
+        model: b.table.assemble(ctx.model, &b.table.indices(&ids)?)?,
+        plan: drop_config::plan(&drops),
+    };
     Ok(Baseline {
         name: name.into(),
-        candidate: b.build(ctx.model, &genome)?,
-        genome: Some(genome),
+        candidate,
+        genome,
         detail,
     })
 }
 
-/// The combinations every layer of the space offers with their total bytes (no drops): the
-/// costliest that fits the budget, and the cheapest that does not.
-fn uniform_choices(b: &JointBackend) -> (Option<(Combo, u64)>, Option<(Combo, u64)>) {
-    let mut common: Option<Vec<Combo>> = None;
-    for slot in &b.slots {
-        if let Slot::Linear { combos, .. } = slot {
-            common = Some(match common {
-                None => combos.clone(),
-                Some(c) => c.into_iter().filter(|x| combos.contains(x)).collect(),
-            });
-        }
+/// A combination for every layer, and the layers' total bytes at it.
+type Uniform = (Combo, u64);
+
+/// A layer's knapsack options: (level index, weight in quanta, rel_error).
+type Choices = Vec<(u16, usize, f64)>;
+
+/// Every layer at `c`.
+fn uniform(b: &JointBackend, c: Combo) -> Vec<Combo> {
+    vec![c; b.table.units().len()]
+}
+
+/// Stored bytes of the layers of kept sub-blocks at `combos` (table order).
+fn choice_bytes(b: &JointBackend, drops: &DropMask, combos: &[Combo]) -> u64 {
+    (b.table.units().iter().enumerate())
+        .filter(|(_, u)| !is_dropped(drops, u))
+        .map(|(u, _)| {
+            b.table
+                .entry(u)
+                .level(combos[u].id())
+                .map_or(0, |l| l.bytes)
+        })
+        .sum()
+}
+
+/// The combinations the database stores for every layer (within the run's `sparsities` and
+/// `bits`) with their total bytes (no drops): the costliest that fits the budget, and the
+/// cheapest that does not.
+fn uniform_choices(b: &JointBackend) -> (Option<Uniform>, Option<Uniform>) {
+    let n = b.table.units().len();
+    let mut common: Option<Vec<i32>> = None;
+    for u in 0..n {
+        let ids = b.table.level_ids(u);
+        common = Some(match common {
+            None => ids.to_vec(),
+            Some(c) => c.into_iter().filter(|x| ids.contains(x)).collect(),
+        });
     }
-    let totals = common.unwrap_or_default().into_iter().map(|c| {
-        let bytes: u64 = (b.slots.iter().enumerate())
-            .filter_map(|(i, s)| match s {
-                Slot::Linear { combos, .. } => {
-                    let l = combos.iter().position(|&x| x == c).expect("common");
-                    Some(b.space.units()[i].levels[l].cost)
-                }
-                Slot::Switch { .. } => None,
-            })
-            .sum();
-        (c, bytes)
-    });
-    let (mut fits, mut above): (Option<(Combo, u64)>, Option<(Combo, u64)>) = (None, None);
-    for (c, bytes) in totals {
+    let combos = (common.unwrap_or_default().into_iter())
+        .filter_map(|id| Combo::from_id(id).ok())
+        .filter(|&c| b.wants(c));
+    let (mut fits, mut above): (Option<Uniform>, Option<Uniform>) = (None, None);
+    for c in combos {
+        let bytes = choice_bytes(b, &DropMask::none(b.n_blocks), &uniform(b, c));
         if bytes <= b.target {
             if fits.is_none_or(|f| bytes > f.1) {
                 fits = Some((c, bytes));
@@ -139,10 +169,6 @@ fn uniform_choices(b: &JointBackend) -> (Option<(Combo, u64)>, Option<(Combo, u6
         }
     }
     (fits, above)
-}
-
-fn uniform_genome(b: &JointBackend, drops: &DropMask, c: Combo) -> Result<Genome> {
-    b.encode(drops, &vec![Some(c); b.table.units().len()])
 }
 
 /// KL of each sub-block dropped alone (attention first, then MLP) on the baselines' batch,
@@ -172,7 +198,7 @@ fn dp(b: &JointBackend) -> Result<(Genome, f64)> {
     let quantum = b.target.div_ceil(DP_CELLS).max(1);
     let cap = (b.target / quantum) as usize;
     // Per layer: (space unit, [(level index, weight in quanta, rel_error)]).
-    let mut items: Vec<(usize, Vec<(u16, usize, f64)>)> = Vec::new();
+    let mut items: Vec<(usize, Choices)> = Vec::new();
     for (i, slot) in b.slots.iter().enumerate() {
         if let Slot::Linear { unit, combos } = slot {
             let entry = b.table.entry(*unit);

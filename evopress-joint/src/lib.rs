@@ -12,7 +12,7 @@
 //! - [`evaluator`]: the incremental fitness of joint candidates;
 //! - [`backend`]: the [`Joint`] method (`[backend] kind = "joint"`, `--joint-config`);
 //! - [`baselines`]: uniform, uniform with drops, and DP over `rel_error` at the same budget;
-//! - [`config_file`]: `joint_config.toml`.
+//! - [`config_file`]: the result file, `joint_config.toml`.
 
 pub mod backend;
 pub mod baselines;

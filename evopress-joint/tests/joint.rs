@@ -60,7 +60,11 @@ fn database() -> &'static Path {
             dir: &path,
             stop_after: None,
         };
-        assert!(build_database(req, &Cpu, &builder, |_| {}).unwrap().complete);
+        assert!(
+            build_database(req, &Cpu, &builder, |_| {})
+                .unwrap()
+                .complete
+        );
         (dir, path)
     })
     .1
@@ -148,16 +152,26 @@ fn packed_joint_candidates_give_the_logits_of_their_dense_equivalents() {
         let w = Weight::from_f32(unit.rows, unit.cols, rows);
         swap_unit(&mut dense.model.layers[unit.block], unit, &w);
     }
-    assert_eq!(kinds.len(), 4, "all four combinations are in the candidate: {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        4,
+        "all four combinations are in the candidate: {kinds:?}"
+    );
     let tokens = &windows(1, 96)[0];
     let (a, d) = (logits(&packed, tokens), logits(&dense, tokens));
     // Decoding a tile and multiplying it is the dense path's arithmetic: bit for bit.
-    assert_eq!(a, d, "masked-packed and packed layers vs their dense decoding");
+    assert_eq!(
+        a, d,
+        "masked-packed and packed layers vs their dense decoding"
+    );
     let original = logits(&Candidate::dense(&model().model), tokens);
     let moved = (original.iter().zip(&a))
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
-    assert!(moved > 1e-2, "the compressed model is another model ({moved})");
+    assert!(
+        moved > 1e-2,
+        "the compressed model is another model ({moved})"
+    );
 }
 
 #[test]
@@ -178,7 +192,10 @@ fn the_byte_budget_holds_exactly_in_the_assembled_model() {
     for seed in 0..4 {
         let mut g = init::random_start(space, &mut rng).unwrap();
         let start = space.total_cost(&g);
-        assert!(start <= target && start + max_step > target, "start {start} of {target}");
+        assert!(
+            start <= target && start + max_step > target,
+            "start {start} of {target}"
+        );
         for _ in 0..40 {
             if let Some(child) = mutation::mutate(space, &g, 3, &mut rng) {
                 g = child;
@@ -187,9 +204,7 @@ fn the_byte_budget_holds_exactly_in_the_assembled_model() {
             let counted = counted_bytes(b.table(), &c);
             assert_eq!(counted, space.total_cost(&g), "seed {seed}");
             assert!(counted <= target);
-            drops_seen += (c.plan.iter())
-                .filter(|p| !p.attn || !p.mlp)
-                .count();
+            drops_seen += (c.plan.iter()).filter(|p| !p.attn || !p.mlp).count();
         }
     }
     assert!(drops_seen > 0, "mutations drop sub-blocks");
@@ -304,7 +319,10 @@ dir = "{d}/out"
         database: Some(database().into()),
     };
     let (applied, report) = configs.apply(&model().model).unwrap();
-    assert_eq!(report.fields["stored_bytes"].as_integer().unwrap() as u64, stored);
+    assert_eq!(
+        report.fields["stored_bytes"].as_integer().unwrap() as u64,
+        stored
+    );
     let tokens = &windows(1, 64)[0];
     assert_eq!(logits(&applied, tokens), logits(&from_search, tokens));
     let dropped = (0..genome.0.len())
