@@ -3,7 +3,7 @@
 
 use crate::METHODS;
 use anyhow::Result;
-use evopress_kernels::cpu::Cpu;
+use evopress_kernels::Device;
 use evopress_pipeline::{run_baselines, Selection};
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// A search config: model, calibration, eval, backend, output.dir.
     #[arg(long)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Baselines by name (repeatable); `cheap` (the default: those a search seeds from) or
     /// `all`. `evopress methods` lists each method's.
     #[arg(long = "method", default_value = "cheap")]
@@ -20,13 +20,13 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let selection = match a.methods.as_slice() {
         [one] if one == "cheap" => Selection::Cheap,
         [one] if one == "all" => Selection::All,
         names => Selection::Named(names.to_vec()),
     };
-    let rows = run_baselines(METHODS, &a.config, &Cpu, &selection, a.quiet)?;
+    let rows = run_baselines(METHODS, &a.config, dev, &selection, a.quiet)?;
     for r in &rows {
         println!(
             "{:>16}  held-out perplexity {:.4}  ({:.1}s)",

@@ -1,8 +1,9 @@
 //! `evopress bench ...`: speed measurements whose numbers go into reports (never into tests).
 
 use anyhow::{Context, Result};
+use evopress_core::gguf::GgufWeights;
 use evopress_core::units::linear_units;
-use evopress_core::{load_model, BlockPlan, Model};
+use evopress_core::{load_model_with, BlockPlan, LoadOptions, Model};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
 use evopress_kernels::{AttnShape, Device, RopeTable, Weight};
 use std::collections::BTreeMap;
@@ -48,12 +49,33 @@ pub struct ForwardArgs {
     /// model with its linears in f32, interleaved in one run.
     #[command(flatten)]
     configs: crate::configs::ConfigArgs,
+    /// What GGUF block-format tensors load as; several (`packed,f32,f16`) load the model once
+    /// per choice and time them in turn in one run.
+    #[arg(long, value_delimiter = ',', default_value = "packed", value_parser = parse_gguf_weights)]
+    gguf_weights: Vec<GgufWeights>,
 }
 
-pub fn run(c: Command) -> Result<()> {
+/// `packed`, `f32` or `f16`.
+pub fn parse_gguf_weights(s: &str) -> Result<GgufWeights, String> {
+    GgufWeights::from_name(s)
+        .ok_or_else(|| format!("expected one of {}", GgufWeights::NAMES.join(", ")))
+}
+
+fn gguf_weights_name(w: GgufWeights) -> &'static str {
+    match w {
+        GgufWeights::Packed => "packed",
+        GgufWeights::F32 => "f32",
+        GgufWeights::F16 => "f16",
+    }
+}
+
+pub fn run(c: Command, device: Option<&str>) -> Result<()> {
     match c {
         Command::Forward(a) => forward(a),
-        Command::Search(a) => search(a),
+        Command::Search(a) => {
+            let dev = crate::device::choose(device, Some(&a.config))?;
+            search(a, &*dev)
+        }
     }
 }
 
@@ -90,8 +112,14 @@ fn linear_bytes(model: &Model) -> u64 {
 }
 
 fn forward(a: ForwardArgs) -> Result<()> {
-    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let model = &loaded.model;
+    let models = (a.gguf_weights.iter())
+        .map(|&gguf_weights| {
+            load_model_with(&a.model, LoadOptions { gguf_weights })
+                .map(|l| l.model)
+                .with_context(|| format!("loading {}", a.model.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let model = &models[0];
     let seq_len = a.seq_len as usize;
     let vocab = model.vocab_size() as u32;
     // Deterministic pseudo-text: the speed of a dense forward does not depend on the ids.
@@ -147,10 +175,17 @@ fn forward(a: ForwardArgs) -> Result<()> {
         }
         return Ok(());
     }
-    time(model, &full)?;
-    let mut times = (0..a.iters)
-        .map(|_| time(model, &full))
-        .collect::<Result<Vec<_>>>()?;
+    for m in &models {
+        time(m, &full)?;
+    }
+    // Rounds over the loaded variants, so that a drift in machine speed hits them alike.
+    let mut times = vec![Vec::new(); models.len()];
+    for _ in 0..a.iters {
+        for (m, t) in models.iter().zip(&mut times) {
+            t.push(time(m, &full)?);
+        }
+    }
+    let medians: Vec<f64> = times.iter_mut().map(median).collect();
     if a.profile {
         let dev = Profiled::default();
         let t0 = Instant::now();
@@ -160,12 +195,21 @@ fn forward(a: ForwardArgs) -> Result<()> {
         dev.record("lm_head".into(), start.elapsed());
         dev.print(t0.elapsed());
     }
-    let median = median(&mut times);
+    let median = medians[0];
     let threads = rayon::current_num_threads();
     let tokens_per_s = seq_len as f64 / median;
     let gflops = forward_flops(model, seq_len) / median / 1e9;
     let ceiling = fma_ceiling_gflops(threads);
     let peak_rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
+    let variants: Vec<serde_json::Value> = (models.iter().zip(&a.gguf_weights).zip(&medians))
+        .map(|((m, &w), &s)| {
+            serde_json::json!({
+                "gguf_weights": gguf_weights_name(w), "median_seconds": s,
+                "tokens_per_second": seq_len as f64 / s, "speed_vs_first": median / s,
+                "weight_bytes": m.weight_bytes(),
+            })
+        })
+        .collect();
     if a.json {
         println!(
             "{}",
@@ -173,7 +217,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
                 "seq_len": seq_len, "threads": threads, "median_seconds": median,
                 "tokens_per_second": tokens_per_s, "gflops": gflops,
                 "fma_ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling,
-                "peak_rss_mb": peak_rss_mb,
+                "peak_rss_mb": peak_rss_mb, "variants": variants,
             })
         );
     } else {
@@ -182,6 +226,17 @@ fn forward(a: ForwardArgs) -> Result<()> {
              GFLOP/s ({:.0}% of the measured FMA ceiling {ceiling:.1} GFLOP/s), median {median:.3}s",
             100.0 * gflops / ceiling
         );
+        if models.len() > 1 {
+            for v in &variants {
+                println!(
+                    "  gguf weights {:<6} {:>8.1} tokens/s ({:.3}x the first), weights {:.0} MB",
+                    v["gguf_weights"].as_str().unwrap_or("?"),
+                    v["tokens_per_second"].as_f64().unwrap_or(f64::NAN),
+                    v["speed_vs_first"].as_f64().unwrap_or(f64::NAN),
+                    v["weight_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6
+                );
+            }
+        }
         if let Some(mb) = peak_rss_mb {
             println!("peak RSS {mb:.0} MB");
         }
@@ -268,20 +323,20 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn search(a: SearchArgs) -> Result<()> {
+fn search(a: SearchArgs, dev: &dyn Device) -> Result<()> {
     let runs =
-        evopress_pipeline::bench::search(crate::METHODS, &a.config, &Cpu, a.generations as usize)?;
+        evopress_pipeline::bench::search(crate::METHODS, &a.config, dev, a.generations as usize)?;
     if a.json {
         println!("{}", serde_json::to_string(&runs)?);
         return Ok(());
     }
     for r in &runs.modes {
         println!(
-            "{:>22}: {:.2} s/generation, {:.2} evaluations/s, {} blocks run, final fitness {:.6}",
+            "{:>23}: {:.2} s/generation ({:.2} CPU s), {:.2} evaluations/s, final fitness {:.6}",
             r.mode,
             r.seconds_per_generation,
+            r.cpu_seconds_per_generation,
             r.evaluations_per_second,
-            r.blocks_run,
             r.final_fitness
         );
     }

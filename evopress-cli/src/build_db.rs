@@ -8,7 +8,7 @@
 
 use crate::METHODS;
 use anyhow::Result;
-use evopress_kernels::cpu::Cpu;
+use evopress_kernels::Device;
 use evopress_pipeline::run_build;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// The database's TOML file (see `examples/sparse-db-50.toml`).
     #[arg(long)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Build at most this many blocks in this invocation (the store stays resumable).
     #[arg(long)]
     stop_after_blocks: Option<NonZeroUsize>,
@@ -26,9 +26,9 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let stop = a.stop_after_blocks.map(NonZeroUsize::get);
-    let b = run_build(METHODS, &a.config, &Cpu, stop, a.quiet)?;
+    let b = run_build(METHODS, &a.config, dev, stop, a.quiet)?;
     let s = &b.summary;
     let f = |key: &str| s[key].as_f64().unwrap_or(0.0);
     println!(

@@ -3,8 +3,9 @@
 use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
-use evopress_core::load_model;
-use evopress_kernels::cpu::Cpu;
+use evopress_core::gguf::GgufWeights;
+use evopress_core::{load_model_with, LoadOptions};
+use evopress_kernels::Device;
 use evopress_pipeline::progress;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -26,14 +27,22 @@ pub struct Args {
     windows: Option<NonZeroUsize>,
     #[command(flatten)]
     configs: ConfigArgs,
+    /// What GGUF block-format tensors load as: kept packed (default: exact, smallest), or
+    /// decoded to f32 or f16 at load.
+    #[arg(long, default_value = "packed", value_parser = crate::bench::parse_gguf_weights)]
+    gguf_weights: GgufWeights,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let t0 = Instant::now();
-    let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let options = LoadOptions {
+        gguf_weights: a.gguf_weights,
+    };
+    let loaded = load_model_with(&a.model, options)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let tokenizer = loaded.tokenizer()?;
     let files = a
         .data
@@ -45,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     let (candidate, report) = a.configs.configs().apply(&loaded.model)?;
     let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(&candidate.model, &Cpu, &windows, &candidate.plan, |i| {
+    let sum = data::perplexity(&candidate.model, dev, &windows, &candidate.plan, |i| {
         bar.set_position(i as u64)
     })?;
     bar.finish_and_clear();

@@ -4,7 +4,7 @@
 use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
 use evopress_core::load_model;
-use evopress_kernels::cpu::Cpu;
+use evopress_kernels::Device;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,7 +25,7 @@ pub struct Args {
     configs: ConfigArgs,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let loaded = load_model(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = loaded.tokenizer()?;
     let (candidate, _) = a.configs.configs().apply(&loaded.model)?;
@@ -42,7 +42,7 @@ pub fn run(a: Args) -> Result<()> {
         context.saturating_sub(prompt.len())
     );
     let t0 = Instant::now();
-    let ids = model.generate(&Cpu, &prompt, a.max_tokens, model.config.eos_token_id, plan)?;
+    let ids = model.generate(dev, &prompt, a.max_tokens, model.config.eos_token_id, plan)?;
     let seconds = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids)?;
     if a.json {

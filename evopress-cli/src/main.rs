@@ -8,6 +8,7 @@ mod bench;
 mod build_db;
 mod configs;
 mod convert;
+mod device;
 mod eval;
 mod generate;
 mod search;
@@ -31,6 +32,9 @@ struct Cli {
     /// Worker threads for compute (default: all cores).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Where compute runs: cpu, cuda or cuda:N (default: a config file's `device`, else cpu).
+    #[arg(long, global = true)]
+    device: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,14 +78,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .num_threads(n as usize)
             .build_global()?;
     }
+    let dev = cli.device.as_deref();
     match cli.command {
-        Command::Eval(a) => eval::run(a),
-        Command::Generate(a) => generate::run(a),
+        Command::Eval(a) => eval::run(a, &*device::choose(dev, None)?),
+        Command::Generate(a) => generate::run(a, &*device::choose(dev, None)?),
         Command::Convert(a) => convert::run(a),
-        Command::Search(a) => search::run(a),
-        Command::Baseline(a) => baseline::run(a),
-        Command::Bench(c) => bench::run(c),
-        Command::BuildDb(a) => build_db::run(a),
+        Command::Search(a) => {
+            let d = device::choose(dev, Some(&a.config))?;
+            search::run(a, &*d)
+        }
+        Command::Baseline(a) => {
+            let d = device::choose(dev, Some(&a.config))?;
+            baseline::run(a, &*d)
+        }
+        Command::Bench(c) => bench::run(c, dev),
+        Command::BuildDb(a) => {
+            let d = device::choose(dev, Some(&a.config))?;
+            build_db::run(a, &*d)
+        }
         Command::Methods => {
             for m in METHODS {
                 println!("{:<8} {}", m.name(), m.about());

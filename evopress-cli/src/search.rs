@@ -3,7 +3,7 @@
 
 use crate::METHODS;
 use anyhow::Result;
-use evopress_kernels::cpu::Cpu;
+use evopress_kernels::Device;
 use evopress_pipeline::{run_search, SearchOptions};
 use evopress_search::Stop;
 use std::num::NonZeroUsize;
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// The run's TOML file (see `examples/`).
     #[arg(long)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Continue from the output directory's checkpoint.
     #[arg(long, conflicts_with = "force")]
     resume: bool,
@@ -28,14 +28,14 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let opts = SearchOptions {
         resume: a.resume,
         force: a.force,
         stop_after: a.stop_after.map(NonZeroUsize::get),
         quiet: a.quiet,
     };
-    let outcome = run_search(METHODS, &a.config, &Cpu, &opts)?;
+    let outcome = run_search(METHODS, &a.config, dev, &opts)?;
     let Some(r) = outcome.result else {
         println!(
             "stopped after generation {}; continue with --resume",

@@ -48,6 +48,44 @@ fn eval_json_reports_perplexity() {
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
 }
 
+/// The demo model's Q4_1/Q8_0 tensors kept in their blocks (the default) and decoded to f32 at
+/// load score bit-identically (decoding is exact either way); f16 rounds the decoded weights.
+#[test]
+fn gguf_weights_packed_f32_f16_agree() {
+    let m = model().display().to_string();
+    let nll = |mode: &str| {
+        let out = ok(&[
+            "eval",
+            "--model",
+            &m,
+            "--data",
+            &biden(),
+            "--seq-len",
+            "128",
+            "--windows",
+            "2",
+            "--json",
+            "--gguf-weights",
+            mode,
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nll"].as_f64().unwrap()
+    };
+    let (packed, f32, f16) = (nll("packed"), nll("f32"), nll("f16"));
+    assert_eq!(packed.to_bits(), f32.to_bits(), "{packed} vs {f32}");
+    assert!((f16 - f32).abs() < 1e-3 * f32, "{f16} vs {f32}");
+    let err = fails(&[
+        "eval",
+        "--model",
+        &m,
+        "--data",
+        &biden(),
+        "--gguf-weights",
+        "q4",
+    ]);
+    assert!(err.contains("packed, f32, f16"), "{err}");
+}
+
 #[test]
 fn truncated_gguf_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -168,10 +168,10 @@ impl StageCache {
         !self.inputs.is_empty() || self.slices.is_empty()
     }
 
-    /// The summed fitness of slice `i` for a candidate (`model` with `plan`) that equals the
-    /// parent before block `first_diff` (`plan.len()` if it equals the parent). Without a
-    /// cache it runs in full.
-    pub fn score_slice<D: Device + ?Sized>(
+    /// The final-normed hidden states of slice `i` for a candidate (`model` with `plan`) that
+    /// equals the parent before block `first_diff`: the parent's cached stream entering that
+    /// block run through the rest (or everything from the embedding without a cache).
+    fn final_states<D: Device + ?Sized>(
         &self,
         model: &Model,
         dev: &D,
@@ -179,7 +179,7 @@ impl StageCache {
         plan: &[BlockPlan],
         first_diff: usize,
         i: usize,
-    ) -> Result<Score> {
+    ) -> Result<Vec<f32>> {
         let s = &self.slices[i];
         let toks = &cal.samples[s.sample][s.tokens.clone()];
         let layout = Layout {
@@ -195,7 +195,23 @@ impl StageCache {
         model.run_blocks(dev, &mut h, layout, plan, from);
         let normed = model.final_norm(dev, &h);
         profile::BLOCKS.add(started.elapsed());
-        let (sum, positions) = cal.score_slice(model, dev, s, &normed);
+        Ok(normed)
+    }
+
+    /// The summed fitness of slice `i` for a candidate (`model` with `plan`) that equals the
+    /// parent before block `first_diff` (`plan.len()` if it equals the parent). Without a
+    /// cache it runs in full.
+    pub fn score_slice<D: Device + ?Sized>(
+        &self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        plan: &[BlockPlan],
+        first_diff: usize,
+        i: usize,
+    ) -> Result<Score> {
+        let normed = self.final_states(model, dev, cal, plan, first_diff, i)?;
+        let (sum, positions) = cal.score_slice(model, dev, &self.slices[i], &normed);
         if !sum.is_finite() {
             return Err(Error::non_finite("the candidate's fitness", sum));
         }
@@ -232,18 +248,7 @@ impl StageCache {
     ) -> Result<(f64, f64)> {
         let (mut sum, mut nll, mut positions) = (0.0, 0.0, 0);
         for (i, s) in self.slices.iter().enumerate() {
-            let toks = &cal.samples[s.sample][s.tokens.clone()];
-            let layout = Layout {
-                batch: 1,
-                seq: toks.len(),
-                pos0: 0,
-            };
-            let (mut h, from) = match self.inputs.get(i) {
-                Some(per_block) => (per_block[first_diff].clone(), first_diff),
-                _ => (model.embed(toks)?, 0),
-            };
-            model.run_blocks(dev, &mut h, layout, plan, from);
-            let normed = model.final_norm(dev, &h);
+            let normed = self.final_states(model, dev, cal, plan, first_diff, i)?;
             let (f, n, count) = cal.score_slice_and_nll(model, dev, s, &normed);
             sum += f;
             nll += n;

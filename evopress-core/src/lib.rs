@@ -35,7 +35,7 @@ pub mod variants;
 
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
-pub use load::{load_model, LoadedModel, ModelSource};
+pub use load::{load_model, load_model_with, LoadOptions, LoadedModel, ModelSource};
 pub use method::{
     Baseline, BaselineContext, BaselineInfo, BuildContext, Candidate, CompressionBackend,
     ConfigFlag, Method, Report,

@@ -1,7 +1,7 @@
 //! One entry point for every model format: a `.gguf` file or an HF directory.
 
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufWeights};
 use crate::hf::HfDir;
 use crate::model::Model;
 use crate::source::TensorSource;
@@ -33,13 +33,26 @@ pub enum ModelSource {
     Hf(HfDir),
 }
 
+/// Choices that only some sources act on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// What GGUF tensors in llama.cpp block formats become (ignored for HF directories).
+    pub gguf_weights: GgufWeights,
+}
+
 impl ModelSource {
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, LoadOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: LoadOptions) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             Ok(ModelSource::Hf(HfDir::open(path)?))
         } else {
-            Ok(ModelSource::Gguf(GgufFile::open(path)?))
+            let mut g = GgufFile::open(path)?;
+            g.set_weights(options.gguf_weights);
+            Ok(ModelSource::Gguf(g))
         }
     }
 
@@ -68,9 +81,15 @@ impl ModelSource {
     }
 }
 
-/// Loads a model from a `.gguf` file or an HF directory (`config.json` + safetensors).
+/// Loads a model from a `.gguf` file or an HF directory (`config.json` + safetensors), with
+/// the default [`LoadOptions`].
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
-    let source = ModelSource::open(path)?;
+    load_model_with(path, LoadOptions::default())
+}
+
+/// [`load_model`] with explicit options.
+pub fn load_model_with(path: &Path, options: LoadOptions) -> Result<LoadedModel> {
+    let source = ModelSource::open_with(path, options)?;
     let model = Model::from_source(source.config()?, source.tensors())?;
     Ok(LoadedModel {
         model,

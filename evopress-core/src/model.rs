@@ -387,6 +387,22 @@ impl Model {
         })
     }
 
+    /// Bytes the model's matrices take in their storage (the embedding, every linear layer
+    /// and an untied LM head; mapped weights count at their file size).
+    pub fn weight_bytes(&self) -> usize {
+        let linears: usize = self
+            .layers
+            .iter()
+            .flat_map(|b| LinearKind::ALL.map(|k| b.linear(k).weight.bytes()))
+            .sum();
+        let head = if self.config.tie_word_embeddings {
+            0
+        } else {
+            self.lm_head.bytes()
+        };
+        self.embed_tokens.bytes() + linears + head
+    }
+
     /// Layer `kind` of block `block`.
     pub fn linear(&self, block: usize, kind: LinearKind) -> &Linear {
         self.layers[block].linear(kind)
@@ -409,7 +425,6 @@ impl Model {
     /// Embedding rows for `tokens`, `[n, hidden]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let h = self.hidden_size();
-        let table = self.embed_tokens.view();
         let mut out = vec![0f32; tokens.len() * h];
         for (row, &t) in out.chunks_exact_mut(h).zip(tokens) {
             if t as usize >= self.vocab_size() {
@@ -418,7 +433,7 @@ impl Model {
                     self.vocab_size()
                 )));
             }
-            table.to_f32_into(t as usize * h, row);
+            self.embed_tokens.decode_rows_into(t as usize, row);
         }
         Ok(out)
     }

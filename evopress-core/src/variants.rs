@@ -4,11 +4,13 @@
 
 use crate::build::swap_unit;
 use crate::error::{Error, Result};
+use crate::evaluate::{Calibration, SwapEvaluator};
 use crate::model::Model;
 use crate::store::{ModelInfo, UnitEntry, VariantStore};
 use crate::units::{linear_units, LinearUnit};
+use evopress_kernels::Device;
 use evopress_kernels::Weight;
-use evopress_search::SearchSpace;
+use evopress_search::{Genome, SearchSpace};
 use std::path::Path;
 
 /// Reads one stored variant back as a weight (the backend's decoding of its parts).
@@ -159,5 +161,21 @@ impl VariantTable {
                     .collect()
             })
             .collect()
+    }
+
+    /// The search's fitness of genomes over this table: `indices` turns a genome into one
+    /// table level index per unit, and each candidate runs from the first block whose units
+    /// changed (see [`SwapEvaluator`]).
+    pub fn evaluator<'a>(
+        &'a self,
+        model: &'a Model,
+        dev: &'a dyn Device,
+        cal: &'a Calibration,
+        cache_cap_bytes: usize,
+        indices: impl Fn(&Genome) -> Result<Vec<u16>> + 'a,
+    ) -> SwapEvaluator<'a> {
+        let unit_block = self.units.iter().map(|u| u.block).collect();
+        let assemble = Box::new(move |g: &Genome| self.assemble(model, &indices(g)?));
+        SwapEvaluator::new(model, dev, cal, unit_block, assemble, cache_cap_bytes)
     }
 }

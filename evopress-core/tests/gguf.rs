@@ -3,9 +3,10 @@
 
 mod common;
 
-use evopress_core::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+use evopress_core::gguf::{GgmlType, GgufFile, GgufWeights, GgufWriter, MetaValue};
 use evopress_core::{Arch, Error, TensorSource};
-use evopress_kernels::DType;
+use evopress_kernels::weight::ggml::{decode_rows, encode_rows};
+use evopress_kernels::{DType, WeightKind};
 use half::{bf16, f16};
 use std::path::{Path, PathBuf};
 
@@ -151,13 +152,26 @@ fn tiny_llama_with(overrides: &[(&str, Option<MetaValue>)]) -> GgufWriter {
         )
         .unwrap()
         .add_tensor(
+            "blk.0.ffn_up.weight",
+            &[256, 2],
+            GgmlType::Q4_K,
+            encode_rows(GgmlType::Q4_K, &k_quant_rows(), 256, None).unwrap(),
+        )
+        .unwrap()
+        // A type nothing here decodes (IQ4_XS: 136 bytes per 256).
+        .add_tensor(
             "blk.0.ffn_gate.weight",
             &[256, 1],
-            GgmlType::Q6_K,
-            vec![0; 210],
+            GgmlType::IQ4_XS,
+            vec![0; 136],
         )
         .unwrap();
     w
+}
+
+/// Two rows of 256 smooth values, the source of the tiny model's `Q4_K` tensor.
+fn k_quant_rows() -> Vec<f32> {
+    (0..512).map(|i| (i as f32 * 0.05).sin()).collect()
 }
 
 fn write(w: GgufWriter, dir: &Path, name: &str) -> PathBuf {
@@ -246,7 +260,7 @@ fn metadata_type_errors_name_the_key() {
 fn config_errors_name_the_metadata_key_at_fault() {
     let dir = tempfile::tempdir().unwrap();
     let config_key = |overrides: &[(&str, Option<MetaValue>)]| {
-        let path = write(&tiny_llama_with(overrides), dir.path(), "bad.gguf");
+        let path = write(tiny_llama_with(overrides), dir.path(), "bad.gguf");
         match GgufFile::open(&path).unwrap().model_config() {
             Err(Error::Config { key, msg, .. }) => (key, msg),
             other => panic!("{overrides:?}: {:?}", other.err()),
@@ -294,7 +308,7 @@ fn q_and_k_rows_that_do_not_split_into_heads_name_the_head_count_key() {
         ("llama.attention.head_count_kv", "k_proj"),
     ] {
         let w = tiny_llama_with(&[(key, Some(MetaValue::U32(3)))]);
-        let g = GgufFile::open(write(&w, dir.path(), "heads.gguf")).unwrap();
+        let g = GgufFile::open(write(w, dir.path(), "heads.gguf")).unwrap();
         let name = format!("model.layers.0.self_attn.{tensor}.weight");
         match g.weight(&name) {
             Err(Error::Config { key: k, msg, .. }) => {
@@ -334,12 +348,36 @@ fn names_and_shapes_are_hf() {
 }
 
 #[test]
-fn quantized_tensors_dequantize_exactly() {
+fn quantized_tensors_load_packed_or_decoded() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GgufFile::open(write(tiny_llama(), dir.path(), "tiny.gguf")).unwrap();
-    let v = g.weight("model.layers.0.self_attn.v_proj.weight").unwrap();
-    assert_eq!((v.rows, v.cols, v.dtype()), (1, 32, DType::F32));
-    assert_eq!(v.to_f32_vec(), q4_1_expected());
+    let path = write(tiny_llama(), dir.path(), "tiny.gguf");
+    let mut g = GgufFile::open(&path).unwrap();
+    let up = "model.layers.0.mlp.up_proj.weight";
+    let k_bytes = encode_rows(GgmlType::Q4_K, &k_quant_rows(), 256, None).unwrap();
+    let k_values = decode_rows(GgmlType::Q4_K, &k_bytes, 256).unwrap();
+    for (mode, want) in [
+        (GgufWeights::Packed, WeightKind::Ggml(GgmlType::Q4_1)),
+        (GgufWeights::F32, WeightKind::Dense(DType::F32)),
+        (GgufWeights::F16, WeightKind::Dense(DType::F16)),
+    ] {
+        g.set_weights(mode);
+        let v = g.weight("model.layers.0.self_attn.v_proj.weight").unwrap();
+        assert_eq!((v.rows, v.cols, v.kind()), (1, 32, want), "{mode:?}");
+        // Every value of the block is a multiple of 0.5, exact in f16 too.
+        assert_eq!(v.to_f32_vec(), q4_1_expected(), "{mode:?}");
+        let w = g.weight(up).unwrap();
+        assert_eq!((w.rows, w.cols), (2, 256));
+        if mode == GgufWeights::F16 {
+            let rounded: Vec<f32> = k_values
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f32())
+                .collect();
+            assert_eq!(w.to_f32_vec(), rounded);
+        } else {
+            assert_eq!(w.to_f32_vec(), k_values, "{mode:?}");
+        }
+    }
+    g.set_weights(GgufWeights::Packed);
     let down = g.weight("model.layers.0.mlp.down_proj.weight").unwrap();
     let want: Vec<f32> = (0..16)
         .map(|j| 0.25 * (j as f32 - 8.0))
@@ -372,7 +410,13 @@ fn unloadable_type_and_missing_tensor_are_named() {
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert_mentions(
         &e.to_string(),
-        &["tiny.gguf", "blk.0.ffn_gate.weight", "Q6_K", "Q4_1"],
+        &[
+            "tiny.gguf",
+            "blk.0.ffn_gate.weight",
+            "IQ4_XS",
+            "Q4_1",
+            "Q6_K",
+        ],
     );
     let e = g.weight("lm_head.weight").unwrap_err();
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
@@ -483,7 +527,7 @@ fn unknown_version_is_rejected() {
 fn truncated_tensor_data_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = tiny_llama().to_bytes().unwrap();
-    // The last tensor (Q6_K) ends the file; cut into it.
+    // The last tensor (IQ4_XS) ends the file; cut into it.
     let p = write_bytes(dir.path(), "cut.gguf", &bytes[..bytes.len() - 10]);
     assert_mentions(
         &open_err(&p),
@@ -630,13 +674,30 @@ fn smollm2_tensors_load_under_hf_names() {
     );
     let t = std::time::Instant::now();
     let mut params = 0;
-    for n in &names {
+    let mut decoded = GgufFile::open(common::smollm2_gguf()).unwrap();
+    decoded.set_weights(GgufWeights::F32);
+    for (n, info) in names.iter().zip(g.tensors()) {
+        // Packed by default: quantized tensors keep their blocks, F32 ones are mapped as is.
         let w = g.weight(n).unwrap();
-        assert_eq!(w.dtype(), DType::F32, "{n}");
+        let want = match info.ggml_type {
+            GgmlType::F32 => WeightKind::Dense(DType::F32),
+            ty => WeightKind::Ggml(ty),
+        };
+        assert_eq!(w.kind(), want, "{n}");
         let shape = g.shape(n).unwrap();
         assert_eq!(w.numel(), shape.iter().product::<usize>(), "{n}");
         params += w.numel();
+        let d = decoded.weight(n).unwrap();
+        assert_eq!(d.dtype(), DType::F32, "{n}");
+        assert_eq!(
+            d.to_f32_vec(),
+            w.to_f32_vec(),
+            "{n}: decoded at load vs packed"
+        );
     }
-    eprintln!("dequantized all 272 tensors in {:?}", t.elapsed());
+    eprintln!(
+        "loaded all 272 tensors packed and decoded in {:?}",
+        t.elapsed()
+    );
     assert_eq!(params, 134_515_008);
 }

@@ -9,8 +9,9 @@ use divan::counter::ItemsCount;
 use divan::Bencher;
 use evopress_kernels::cpu::simd::{dispatch, sum_map};
 use evopress_kernels::cpu::{fma_ceiling_gflops, Cpu};
+use evopress_kernels::weight::ggml::encode_rows;
 use evopress_kernels::weight::packed::words_per_row;
-use evopress_kernels::{AttnShape, Buf, Device, MaskedValues, PackedParts, Weight};
+use evopress_kernels::{AttnShape, Buf, Device, GgmlType, MaskedValues, PackedParts, Weight};
 use half::{bf16, f16};
 use std::fmt;
 
@@ -102,6 +103,8 @@ enum Kind {
     Packed(u8),
     /// Half the weights kept, f16 values.
     Masked50,
+    /// llama.cpp blocks of this type, encoded from the same values.
+    Ggml(GgmlType),
 }
 
 #[derive(Clone, Copy)]
@@ -136,10 +139,16 @@ const COMPRESSED_CASES: &[KindCase] = &[
     kc(Kind::Packed(4), 512, 1536, 576),
     kc(Kind::Packed(2), 512, 1536, 576),
     kc(Kind::Masked50, 512, 1536, 576),
+    kc(Kind::Ggml(GgmlType::Q4_K), 512, 1536, 576),
+    kc(Kind::Ggml(GgmlType::Q6_K), 512, 1536, 576),
+    kc(Kind::Ggml(GgmlType::Q4_1), 512, 1536, 576),
     kc(Kind::F32, 1, 576, 1536),
     kc(Kind::Packed(4), 1, 576, 1536),
     kc(Kind::Packed(2), 1, 576, 1536),
     kc(Kind::Masked50, 1, 576, 1536),
+    kc(Kind::F32, 1, 1536, 576),
+    kc(Kind::Ggml(GgmlType::Q4_K), 1, 1536, 576),
+    kc(Kind::Ggml(GgmlType::Q6_K), 1, 1536, 576),
 ];
 
 fn compressed_weight(kind: Kind, n: usize, k: usize) -> Weight {
@@ -179,6 +188,10 @@ fn compressed_weight(kind: Kind, n: usize, k: usize) -> Weight {
             }
             let values = MaskedValues::F16(Buf::owned(kept));
             Weight::masked(n, k, Some(Buf::owned(mask)), values).unwrap()
+        }
+        Kind::Ggml(ty) => {
+            let blocks = encode_rows(ty, &data, k, None).unwrap();
+            Weight::ggml(ty, n, k, Buf::owned(blocks)).unwrap()
         }
     }
 }

@@ -5,7 +5,9 @@
 //!   permutation; see [`packed`]),
 //! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]),
 //! - [`MaskedPackedMatrix`] (sparse and quantized: a bitmask plus the kept weights' packed codes,
-//!   f16 scales and zeros; see [`masked_packed`]).
+//!   f16 scales and zeros; see [`masked_packed`]),
+//! - [`GgmlMatrix`] (llama.cpp's block formats, e.g. a GGUF tensor's `Q4_K` blocks; see
+//!   [`ggml`]).
 //!
 //! Every table is owned or borrowed from a memory-mapped file ([`Buf`]). Keeping mapped
 //! weights in their file form (no f32 copy) is what lets a multi-GB model, or a database of
@@ -13,11 +15,13 @@
 //! tiles to f32 on the fly.
 
 pub mod buf;
+pub mod ggml;
 pub mod masked;
 pub mod masked_packed;
 pub mod packed;
 
 pub use buf::Buf;
+pub use ggml::{GgmlMatrix, GgmlType};
 pub use masked::{MaskedMatrix, MaskedValues};
 pub use masked_packed::{MaskedPackedMatrix, MaskedPackedParts};
 pub use packed::{PackedMatrix, PackedParts};
@@ -69,6 +73,8 @@ pub enum Storage {
     Masked(Arc<MaskedMatrix>),
     /// Sparse mask + quantized codes of the kept weights (see [`masked_packed`]).
     MaskedPacked(Arc<MaskedPackedMatrix>),
+    /// llama.cpp blocks (see [`ggml`]).
+    Ggml(Arc<GgmlMatrix>),
 }
 
 /// How a weight is stored, for reports.
@@ -78,6 +84,7 @@ pub enum WeightKind {
     Packed { bits: u8, group_size: usize },
     Masked { values: DType, has_mask: bool },
     MaskedPacked { bits: u8, group_size: usize },
+    Ggml(GgmlType),
 }
 
 impl std::fmt::Display for WeightKind {
@@ -95,6 +102,7 @@ impl std::fmt::Display for WeightKind {
             WeightKind::MaskedPacked { bits, group_size } => {
                 write!(f, "masked packed {bits}-bit g{group_size}")
             }
+            WeightKind::Ggml(ty) => write!(f, "ggml {ty}"),
         }
     }
 }
@@ -107,6 +115,7 @@ pub(crate) enum Source<'a> {
     Packed(&'a PackedMatrix, usize),
     Masked(&'a MaskedMatrix, usize),
     MaskedPacked(&'a MaskedPackedMatrix, usize),
+    Ggml(&'a GgmlMatrix, usize),
 }
 
 /// A borrowed, typed view of a weight's elements.
@@ -274,6 +283,34 @@ impl Weight {
         })
     }
 
+    /// A weight in one of llama.cpp's block formats (`blocks` owned or a region of a mapped
+    /// file); the blocks are checked against the type and shape.
+    pub fn ggml(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        blocks: Buf<u8>,
+    ) -> Result<Self, WeightError> {
+        Ok(Self::from_ggml(GgmlMatrix::new(ty, rows, cols, blocks)?))
+    }
+
+    pub fn from_ggml(g: GgmlMatrix) -> Self {
+        Weight {
+            rows: g.rows(),
+            cols: g.cols(),
+            storage: Storage::Ggml(Arc::new(g)),
+            row0: 0,
+        }
+    }
+
+    /// The block matrix behind a ggml weight (the whole matrix, for a row slice too).
+    pub fn as_ggml(&self) -> Option<&GgmlMatrix> {
+        match &self.storage {
+            Storage::Ggml(g) => Some(g),
+            _ => None,
+        }
+    }
+
     /// How the weight is stored.
     pub fn kind(&self) -> WeightKind {
         match &self.storage {
@@ -289,6 +326,7 @@ impl Weight {
                 bits: m.bits(),
                 group_size: m.group_size(),
             },
+            Storage::Ggml(g) => WeightKind::Ggml(g.ty()),
             _ => WeightKind::Dense(self.dtype()),
         }
     }
@@ -323,13 +361,14 @@ impl Weight {
             Storage::Packed(p) => p.bytes_of_rows(self.rows),
             Storage::Masked(m) => m.bytes_of_rows(self.row0, self.rows),
             Storage::MaskedPacked(m) => m.bytes_of_rows(self.row0, self.rows),
+            Storage::Ggml(g) => g.bytes_of_rows(self.rows),
             _ => self.numel() * self.dtype().size_of(),
         }
     }
 
     /// The element type of a dense weight. For compressed kinds, the type values are decoded
-    /// from (f16 scales for packed and masked-packed, the values' type for masked); see
-    /// [`Weight::kind`].
+    /// from (f16 scales for packed, masked-packed and ggml blocks, f32 for `Q8_K`, the values'
+    /// type for masked); see [`Weight::kind`].
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::F32(_) => DType::F32,
@@ -338,6 +377,8 @@ impl Weight {
             Storage::Mapped { dtype, .. } => *dtype,
             Storage::Packed(_) | Storage::MaskedPacked(_) => DType::F16,
             Storage::Masked(m) => m.values().dtype(),
+            Storage::Ggml(g) if g.ty() == GgmlType::Q8_K => DType::F32,
+            Storage::Ggml(_) => DType::F16,
         }
     }
 
@@ -394,7 +435,10 @@ impl Weight {
                     ),
                 }
             }
-            Storage::Packed(_) | Storage::Masked(_) | Storage::MaskedPacked(_) => return None,
+            Storage::Packed(_)
+            | Storage::Masked(_)
+            | Storage::MaskedPacked(_)
+            | Storage::Ggml(_) => return None,
         })
     }
 
@@ -403,6 +447,7 @@ impl Weight {
             Storage::Packed(p) => Source::Packed(p, self.row0),
             Storage::Masked(m) => Source::Masked(m, self.row0),
             Storage::MaskedPacked(m) => Source::MaskedPacked(m, self.row0),
+            Storage::Ggml(g) => Source::Ggml(g, self.row0),
             _ => Source::Dense(self.dense_view().expect("dense storage")),
         }
     }
@@ -440,6 +485,7 @@ impl Weight {
             }
             Source::Masked(m, row0) => m.decode_rows_into(row0 + first, out),
             Source::MaskedPacked(m, row0) => m.decode_rows_into(row0 + first, out),
+            Source::Ggml(g, row0) => g.decode_rows_into(row0 + first, out),
         }
     }
 

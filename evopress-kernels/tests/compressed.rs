@@ -1,10 +1,14 @@
-//! Packed (quantized), masked (sparse) and masked-packed (both) weights: the fast matmul against the reference and
-//! against a dense f32 matmul of the decoded matrix, decoding against an independent bit-by-bit
-//! reader of the layouts, row slices, and mapped vs owned storage.
+//! Packed (quantized), masked (sparse), masked-packed (both) and ggml (llama.cpp block)
+//! weights: the fast matmul against the reference and against a dense f32 matmul of the decoded
+//! matrix, decoding against an independent bit-by-bit reader of the layouts, row slices, and
+//! mapped vs owned storage.
+//! (The ggml block codec itself is checked against llama.cpp in `tests/ggml.rs`.)
 
 use evopress_kernels::cpu::{reference, Cpu};
+use evopress_kernels::weight::ggml::{decode_rows, encode_rows};
 use evopress_kernels::{
-    Buf, Device, MaskedPackedParts, MaskedValues, PackedParts, Weight, WeightError, WeightKind,
+    Buf, Device, GgmlType, MaskedPackedParts, MaskedValues, PackedParts, Weight, WeightError,
+    WeightKind,
 };
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -363,6 +367,68 @@ fn masked_matmul_every_sparsity_and_dense_values() {
             check_row_slices("masked no mask", &w, &dense);
         }
     }
+}
+
+/// Rows of every block type, encoded from random values, as owned and as mapped blocks.
+#[test]
+fn ggml_matmul_every_block_type_owned_and_mapped() {
+    let mut seed = 100;
+    for ty in GgmlType::DECODABLE.into_iter().filter(|t| t.is_block()) {
+        for (rows, cols) in [(37, 512), (70, 768)] {
+            seed += 1;
+            let mut rng = StdRng::seed_from_u64(seed);
+            let x = gaussianish(&mut rng, rows * cols);
+            let bytes = encode_rows(ty, &x, cols, None).unwrap();
+            let dense = decode_rows(ty, &bytes, cols).unwrap();
+            let (map, off) = map_file("ggml", &[&bytes]);
+            let mapped = Buf::mapped(map, off[0], bytes.len()).unwrap();
+            for (storage, blocks) in [("owned", Buf::owned(bytes.clone())), ("mapped", mapped)] {
+                let w = Weight::ggml(ty, rows, cols, blocks).unwrap();
+                assert_eq!(w.kind(), WeightKind::Ggml(ty));
+                assert_eq!(w.bytes(), bytes.len());
+                let what = format!("ggml {ty} {storage} [{rows}, {cols}]");
+                check_matmuls(&what, &w, &dense, seed);
+                check_row_slices(&what, &w, &dense);
+            }
+        }
+    }
+}
+
+#[test]
+fn inconsistent_ggml_blocks_are_layout_errors() {
+    let bytes = encode_rows(GgmlType::Q4_K, &[0.25; 512], 256, None).unwrap();
+    let layout = |r: Result<Weight, WeightError>| matches!(r, Err(WeightError::Layout(_)));
+    assert!(layout(Weight::ggml(
+        GgmlType::Q4_K,
+        2,
+        256,
+        Buf::owned(bytes[1..].to_vec())
+    )));
+    assert!(layout(Weight::ggml(
+        GgmlType::Q4_K,
+        3,
+        256,
+        Buf::owned(bytes.clone())
+    )));
+    assert!(layout(Weight::ggml(
+        GgmlType::Q4_K,
+        4,
+        128,
+        Buf::owned(bytes.clone())
+    )));
+    assert!(layout(Weight::ggml(
+        GgmlType::F16,
+        1,
+        144,
+        Buf::owned(bytes.clone())
+    )));
+    assert!(layout(Weight::ggml(
+        GgmlType::IQ4_XS,
+        2,
+        256,
+        Buf::owned(bytes[..272].to_vec())
+    )));
+    assert!(Weight::ggml(GgmlType::Q4_K, 2, 256, Buf::owned(bytes)).is_ok());
 }
 
 #[test]

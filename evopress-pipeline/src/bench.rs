@@ -21,7 +21,9 @@ pub struct ModeRun {
     pub evaluations_per_second: f64,
     /// Token positions scored over the timed generations.
     pub tokens_scored: u64,
-    pub blocks_run: u64,
+    /// Process CPU seconds (all threads) per generation: comparable across runs on a busy
+    /// machine, where wall seconds are not.
+    pub cpu_seconds_per_generation: f64,
     pub final_fitness: f64,
 }
 
@@ -74,8 +76,10 @@ pub fn search(
         let mut state = search.initialize(Vec::new(), &mut ev, &mut ())?;
         profile::reset();
         let t0 = Instant::now();
+        let cpu0 = process_cpu_seconds();
         search.run(&mut state, &mut ev, &mut (), 0.0)?;
         let seconds = t0.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds() - cpu0;
         let timed = &state.history[state.history.len() - generations.max(1)..];
         let evaluations: usize = timed.iter().map(|r| r.evaluations).sum();
         if i == 0 {
@@ -96,7 +100,7 @@ pub fn search(
             seconds_per_generation: seconds / timed.len() as f64,
             evaluations_per_second: evaluations as f64 / seconds,
             tokens_scored: timed.iter().map(|r| r.tokens).sum(),
-            blocks_run: 0,
+            cpu_seconds_per_generation: cpu / timed.len() as f64,
             final_fitness: state.history.last().map_or(f64::NAN, |r| r.best_fitness),
         });
     }
@@ -104,4 +108,24 @@ pub fn search(
         modes: runs,
         profile: prof,
     })
+}
+
+/// User plus system CPU seconds of this process so far, from `/proc/self/stat` (fields 14 and
+/// 15, in the kernel's fixed 100 Hz user-visible clock); NaN where there is no procfs.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // The command name (field 2) may hold spaces; the fields after it start past its ')'.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let field = |n: usize| {
+        after_name
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    match (field(14), field(15)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
 }

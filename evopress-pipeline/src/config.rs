@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// Where compute runs: `cpu` (default), `cuda` or `cuda:N`; `--device` overrides it.
+    pub device: Option<String>,
     pub model: ModelSection,
     pub calibration: CalibrationSection,
     pub eval: EvalSection,
@@ -172,7 +174,7 @@ pub struct BaselinesSection {
 }
 
 fn default_baseline_tokens() -> usize {
-    2048
+    1024
 }
 
 impl BaselinesSection {
@@ -211,6 +213,21 @@ fn invalid(key: &str, msg: &str) -> Error {
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     toml::from_str(&text).map_err(|e| Error::format(path, e.to_string().trim_end()))
+}
+
+/// The top-level `device` key of a search or database config, if any.
+pub fn device_key(path: &Path) -> Result<Option<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| Error::format(path, e.to_string().trim_end()))?;
+    match table.get("device") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(Error::format(
+            path,
+            format!("`device` must be a string (cpu, cuda, cuda:N), not {other}"),
+        )),
+    }
 }
 
 /// A method's section: its `kind` and the rest of its keys.
@@ -280,6 +297,8 @@ impl RunConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
+    /// As in a search config.
+    pub device: Option<String>,
     pub model: ModelSection,
     pub calibration: CalibrationSection,
     /// `kind` and `dir`, then the builder's parameters.

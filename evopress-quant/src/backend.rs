@@ -6,7 +6,7 @@
 use crate::builder::{load_packed, GptqBuilder, GptqParams, PACKED_FORMAT};
 use crate::space::{quantization_space, GroupRule, QuantUnit};
 use evopress_core::build::VariantBuilder;
-use evopress_core::evaluate::{Calibration, SwapEvaluator};
+use evopress_core::evaluate::Calibration;
 use evopress_core::level_config;
 use evopress_core::method::parse_section;
 use evopress_core::variants::VariantTable;
@@ -337,15 +337,13 @@ impl CompressionBackend for QuantBackend {
         cache_cap_bytes: usize,
     ) -> Result<Box<dyn Evaluator + 'a>> {
         let space = self.search_space();
-        let unit_block = self.table.units().iter().map(|u| u.block).collect();
-        let assemble = Box::new(move |g: &Genome| self.assemble_ids(model, &space.level_ids(g)));
-        Ok(Box::new(SwapEvaluator::new(
+        let indices = move |g: &Genome| self.table.indices(&space.level_ids(g));
+        Ok(Box::new(self.table.evaluator(
             model,
             dev,
             cal,
-            unit_block,
-            assemble,
             cache_cap_bytes,
+            indices,
         )))
     }
 

@@ -9,7 +9,7 @@ use crate::builder::{
 };
 use evopress_core::build::VariantBuilder;
 use evopress_core::data;
-use evopress_core::evaluate::{Calibration, SwapEvaluator};
+use evopress_core::evaluate::Calibration;
 use evopress_core::level_config;
 use evopress_core::method::parse_section;
 use evopress_core::store::UnitEntry;
@@ -321,15 +321,13 @@ impl CompressionBackend for SparseBackend {
         cal: &'a Calibration,
         cache_cap_bytes: usize,
     ) -> Result<Box<dyn Evaluator + 'a>> {
-        let unit_block = self.table.units().iter().map(|u| u.block).collect();
-        let assemble = Box::new(move |g: &Genome| self.table.assemble(model, &g.0));
-        Ok(Box::new(SwapEvaluator::new(
+        let indices = |g: &Genome| Ok(g.0.clone());
+        Ok(Box::new(self.table.evaluator(
             model,
             dev,
             cal,
-            unit_block,
-            assemble,
             cache_cap_bytes,
+            indices,
         )))
     }
 

@@ -231,14 +231,12 @@ impl SparseGptBuilder {
                 params.block_size, params.rel_damp
             )));
         }
-        let scheme = match params.weights_diff {
-            Some(wd) => LevelScheme::new(params.sparsity, wd, params.num_levels),
-            None => LevelScheme::with_default_weights_diff(
-                params.sparsity,
-                params.num_levels,
-                model.hidden_size(),
-            ),
-        }
+        let scheme = LevelScheme::configured(
+            params.sparsity,
+            params.weights_diff,
+            params.num_levels,
+            model.hidden_size(),
+        )
         .map_err(bad)?;
         Ok(SparseGptBuilder { params, scheme })
     }

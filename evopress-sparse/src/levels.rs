@@ -76,6 +76,20 @@ impl LevelScheme {
         Self::new(sparsity, wd as u64, num_levels)
     }
 
+    /// The scheme a database config asks for: an explicit `weights_diff`, or the original's
+    /// default for a model of `hidden_size`.
+    pub fn configured(
+        sparsity: f64,
+        weights_diff: Option<u64>,
+        num_levels: u32,
+        hidden_size: usize,
+    ) -> Result<Self, SparseError> {
+        match weights_diff {
+            Some(wd) => Self::new(sparsity, wd, num_levels),
+            None => Self::with_default_weights_diff(sparsity, num_levels, hidden_size),
+        }
+    }
+
     /// Sparsity change per level step for a layer with `numel` weights.
     pub fn step(&self, numel: usize) -> f64 {
         self.weights_diff as f64 / numel as f64

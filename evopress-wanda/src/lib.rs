@@ -98,14 +98,12 @@ pub struct WandaBuilder {
 impl WandaBuilder {
     pub fn new(params: WandaParams, model: &Model) -> Result<Self> {
         let bad = |e: evopress_sparse::SparseError| Error::Invalid(format!("wanda database: {e}"));
-        let scheme = match params.weights_diff {
-            Some(wd) => LevelScheme::new(params.sparsity, wd, params.num_levels),
-            None => LevelScheme::with_default_weights_diff(
-                params.sparsity,
-                params.num_levels,
-                model.hidden_size(),
-            ),
-        }
+        let scheme = LevelScheme::configured(
+            params.sparsity,
+            params.weights_diff,
+            params.num_levels,
+            model.hidden_size(),
+        )
         .map_err(bad)?;
         Ok(WandaBuilder { params, scheme })
     }

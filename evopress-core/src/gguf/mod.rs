@@ -2,30 +2,62 @@
 //! descriptions, then aligned tensor data, here memory-mapped.
 //!
 //! [`GgufFile`] presents the tensors through [`TensorSource`] under HF names and shapes, with
-//! quantized blocks dequantized to f32 at load and llama.cpp's Q/K row permutation undone,
-//! so the model code never sees a GGUF convention. Plain F32/F16/BF16 tensors stay zero-copy
-//! views of the map.
+//! llama.cpp's Q/K row permutation undone, so the model code never sees a GGUF convention.
+//! Plain F32/F16/BF16 tensors stay zero-copy views of the map; tensors in llama.cpp's block
+//! formats stay mapped blocks multiplied from storage, or are decoded at load, as
+//! [`GgufWeights`] says. The block formats themselves live in
+//! [`evopress_kernels::weight::ggml`].
 
-mod dequant;
 mod names;
 mod parse;
+mod permute;
 mod types;
 mod writer;
 
-pub use dequant::unpermuted_source_row;
+pub use evopress_kernels::GgmlType;
 pub use names::{gguf_name, hf_name};
 pub use parse::TensorInfo;
-pub use types::{GgmlType, MetaValue};
+pub use permute::unpermuted_source_row;
+pub use types::MetaValue;
 pub use writer::GgufWriter;
 
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::source::TensorSource;
-use evopress_kernels::{DType, Weight};
+use evopress_kernels::weight::ggml;
+use evopress_kernels::{Buf, DType, Weight};
+use half::f16;
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// What a tensor in a llama.cpp block format (`Q4_K`, `Q8_0`, ...) becomes when loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GgufWeights {
+    /// The blocks, mapped from the file, decoded tile by tile inside every matmul: the
+    /// weights take the file's size in memory, and values are exactly llama.cpp's.
+    #[default]
+    Packed,
+    /// Decoded to f32 at load: exact, 4 bytes per weight.
+    F32,
+    /// Decoded to f32 then rounded to f16 at load: 2 bytes per weight, not exact.
+    F16,
+}
+
+impl GgufWeights {
+    pub const NAMES: [&'static str; 3] = ["packed", "f32", "f16"];
+
+    /// `packed`, `f32` or `f16`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "packed" => Some(GgufWeights::Packed),
+            "f32" => Some(GgufWeights::F32),
+            "f16" => Some(GgufWeights::F16),
+            _ => None,
+        }
+    }
+}
 
 /// An open, validated GGUF file. Opening parses the header and checks that every tensor's
 /// data lies inside the file; tensor data is only touched by [`TensorSource::weight`].
@@ -40,6 +72,7 @@ pub struct GgufFile {
     /// The HF name of each tensor, index-aligned with `tensors`.
     hf_names: Vec<String>,
     by_hf_name: HashMap<String, usize>,
+    weights: GgufWeights,
 }
 
 impl GgufFile {
@@ -77,7 +110,13 @@ impl GgufFile {
             tensors: header.tensors,
             hf_names,
             by_hf_name,
+            weights: GgufWeights::default(),
         })
+    }
+
+    /// What block-format tensors load as from now on (default [`GgufWeights::Packed`]).
+    pub fn set_weights(&mut self, weights: GgufWeights) {
+        self.weights = weights;
     }
 
     pub fn version(&self) -> u32 {
@@ -365,6 +404,9 @@ impl GgufFile {
     /// The tensor's data as a weight in file layout (GGUF row order).
     fn load(&self, t: &TensorInfo, rows: usize, cols: usize) -> Result<Weight> {
         let offset = self.data_offset(t) as usize;
+        let tensor_err = |e: &dyn std::fmt::Display| {
+            Error::format(&self.path, format!("tensor `{}`: {e}", t.name))
+        };
         let plain = match t.ggml_type {
             GgmlType::F32 => Some(DType::F32),
             GgmlType::F16 => Some(DType::F16),
@@ -373,19 +415,49 @@ impl GgufFile {
         };
         if let Some(dtype) = plain {
             return Weight::mapped(self.map.clone(), offset, dtype, rows, cols)
-                .map_err(|e| Error::format(&self.path, format!("tensor `{}`: {e}", t.name)));
+                .map_err(|e| tensor_err(&e));
         }
-        let n_bytes = t.n_bytes().expect("checked at open") as usize;
-        let bytes = &self.map[offset..offset + n_bytes];
-        let data = dequant::dequantize(t.ggml_type, bytes, cols).ok_or_else(|| {
-            let loadable: Vec<String> = GgmlType::LOADABLE.iter().map(|t| t.to_string()).collect();
-            Error::Unsupported {
+        if !t.ggml_type.is_decodable() {
+            let decodable: Vec<String> =
+                GgmlType::DECODABLE.iter().map(|t| t.to_string()).collect();
+            return Err(Error::Unsupported {
                 path: self.path.clone(),
                 what: format!("tensor `{}` of type {}", t.name, t.ggml_type),
-                hint: format!("loadable types: {}", loadable.join(", ")),
+                hint: format!("loadable types: {}", decodable.join(", ")),
+            });
+        }
+        let n_bytes = t.n_bytes().expect("checked at open") as usize;
+        match self.weights {
+            GgufWeights::Packed => {
+                let blocks =
+                    Buf::mapped(self.map.clone(), offset, n_bytes).map_err(|e| tensor_err(&e))?;
+                Weight::ggml(t.ggml_type, rows, cols, blocks).map_err(|e| tensor_err(&e))
             }
-        })?;
-        Ok(Weight::from_f32(rows, cols, data))
+            GgufWeights::F32 => {
+                let bytes = &self.map[offset..offset + n_bytes];
+                let data =
+                    ggml::decode_rows(t.ggml_type, bytes, cols).map_err(|e| tensor_err(&e))?;
+                Ok(Weight::from_f32(rows, cols, data))
+            }
+            GgufWeights::F16 => {
+                // Through an f32 buffer of a few rows, so no f32 copy of the tensor exists.
+                const ROWS: usize = 64;
+                let row_bytes = n_bytes.checked_div(rows).unwrap_or(0);
+                let mut data = vec![f16::ZERO; rows * cols];
+                let mut buf = vec![0f32; ROWS * cols];
+                for (i, out) in data.chunks_mut(ROWS * cols.max(1)).enumerate() {
+                    let n = out.len() / cols.max(1);
+                    let at = offset + i * ROWS * row_bytes;
+                    let bytes = &self.map[at..at + n * row_bytes];
+                    ggml::decode_rows_into(t.ggml_type, bytes, cols, &mut buf[..out.len()])
+                        .map_err(|e| tensor_err(&e))?;
+                    for (o, &x) in out.iter_mut().zip(&buf) {
+                        *o = f16::from_f32(x);
+                    }
+                }
+                Ok(Weight::from_f16(rows, cols, data))
+            }
+        }
     }
 }
 
@@ -425,7 +497,7 @@ impl TensorSource for GgufFile {
                 ),
             });
         }
-        Ok(dequant::unpermute(&w, n_heads))
+        Ok(permute::unpermute(&w, n_heads))
     }
 
     fn names(&self) -> Vec<String> {

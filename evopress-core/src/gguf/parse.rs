@@ -4,8 +4,9 @@
 //! truncated or garbage file yields an error naming the byte offset and the field, never a
 //! panic or a huge allocation.
 
-use super::types::{GgmlType, MetaValue};
+use super::types::MetaValue;
 use crate::error::{Error, Result};
+use evopress_kernels::GgmlType;
 use std::fmt::Display;
 use std::path::Path;
 

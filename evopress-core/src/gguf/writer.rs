@@ -8,9 +8,10 @@
 //! encoded in memory at once.
 
 use super::parse::MAGIC;
-use super::types::{GgmlType, MetaValue};
+use super::types::MetaValue;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically_with;
+use evopress_kernels::GgmlType;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
