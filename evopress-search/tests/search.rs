@@ -246,7 +246,7 @@ proptest! {
 
     #[test]
     fn choose_k_mutations_keep_k(n in 2usize..14, k_share in 0.0f64..1.0, mask: u32, seed: u64) {
-        let may = |i: usize| mask >> i & 1 == 1 || i % 3 == 0;
+        let may = |i: usize| mask >> i & 1 == 1 || i.is_multiple_of(3);
         let allowed = (0..n).filter(|&i| may(i)).count();
         let k = ((allowed as f64) * k_share) as usize;
         let space = choose_k_space(n, k, may);
