@@ -24,6 +24,7 @@ pub static METHODS: &[&dyn Method] = &[
     &evopress_quant::QUANT,
     &evopress_wanda::WANDA,
     &evopress_gguf::GGUF,
+    &evopress_joint::JOINT,
 ];
 
 #[derive(Parser)]

@@ -200,21 +200,26 @@ pub fn write_gguf(
         let order = row_order(rows, heads);
         let dims = [cols as u64, rows as u64];
         let (ty, bytes) = match data {
-            LinearData::Dense(parts) => match ggml_rows(parts, rows, &order) {
-                Some(b) if b.0 != info.ggml_type || b.1 != src.tensor_bytes(info) => {
-                    stats.ggml += 1;
-                    b
+            // Weights the model holds as loaded are the source's tensor, or the other ggml
+            // blocks the candidate holds (a GGUF variant database's).
+            LinearData::Dense(parts) if data.is_as_loaded() => {
+                match ggml_rows(parts, rows, &order) {
+                    Some(b) if b.0 != info.ggml_type || b.1 != src.tensor_bytes(info) => {
+                        stats.ggml += 1;
+                        b
+                    }
+                    _ => {
+                        stats.copied += 1;
+                        (info.ggml_type, src.tensor_bytes(info).to_vec())
+                    }
                 }
-                _ => {
-                    stats.copied += 1;
-                    (info.ggml_type, src.tensor_bytes(info).to_vec())
-                }
-            },
+            }
             LinearData::Dropped => {
                 stats.zeroed += 1;
                 (GgmlType::Q4_0, ggml_blocks::q4_0_zeros(rows * cols))
             }
-            LinearData::Masked(_) => {
+            // Sparse layers, and compressed ones ggml has no type for (masked-packed).
+            LinearData::Masked(_) | LinearData::Dense(_) => {
                 stats.sparse_dense += 1;
                 let values = data.to_f32(rows, cols);
                 (

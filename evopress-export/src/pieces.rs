@@ -8,7 +8,7 @@ use evopress_core::hf::expected_tensors;
 use evopress_core::units::{linear_units, LinearUnit};
 use evopress_core::{Candidate, Error, LinearKind, Model, ModelConfig, Result};
 use evopress_kernels::weight::{MaskedMatrix, PackedMatrix};
-use evopress_kernels::Weight;
+use evopress_kernels::{Weight, WeightKind};
 use std::collections::HashMap;
 
 /// A linear layer's weight as the candidate holds it.
@@ -17,7 +17,10 @@ pub enum LinearData<'a> {
     Packed(&'a PackedMatrix),
     /// One sparse matrix holding exactly this layer.
     Masked(&'a MaskedMatrix),
-    /// Anything else: the parts' weights, stacked by rows, decoded when written.
+    /// Anything else: the parts' weights, stacked by rows, decoded when written. They are the
+    /// model's weights as loaded when every part is dense or a GGUF source's blocks (see
+    /// [`LinearData::is_as_loaded`]); otherwise a compressed form no writer stores as it is
+    /// (masked-packed: sparse and quantized).
     Dense(Vec<&'a Weight>),
     /// The layer belongs to a dropped sub-block: it must contribute nothing.
     Dropped,
@@ -211,12 +214,21 @@ impl LinearData<'_> {
         }
     }
 
+    /// Whether the layer is the model's weights as loaded: every part dense, or llama.cpp
+    /// blocks (only a GGUF source's own tensors are held as those). A GGUF writer copies such
+    /// a layer from its source.
+    pub fn is_as_loaded(&self) -> bool {
+        let loaded = |w: &&Weight| matches!(w.kind(), WeightKind::Dense(_) | WeightKind::Ggml(_));
+        matches!(self, LinearData::Dense(parts) if parts.iter().all(loaded))
+    }
+
     /// A short name of the stored form, for reports.
     pub fn kind_name(&self) -> String {
         match self {
             LinearData::Packed(m) => format!("{}-bit g{}", m.bits(), m.group_size()),
             LinearData::Masked(_) => "sparse".into(),
-            LinearData::Dense(_) => "dense".into(),
+            LinearData::Dense(_) if self.is_as_loaded() => "dense".into(),
+            LinearData::Dense(parts) => format!("{} (written dense)", parts[0].kind()),
             LinearData::Dropped => "dropped".into(),
         }
     }

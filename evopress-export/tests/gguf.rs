@@ -110,6 +110,12 @@ fn depth_export_is_shorter_and_a_dropped_attention_makes_a_deci_model() {
     let path = dir.path().join("drop6.gguf");
     let report = write_gguf(&whole, &src, &path, &EXACT, HashMap::new()).unwrap();
     assert_eq!(report.layers, 24);
+    // The loader keeps the source's blocks packed: they are copied, not decoded.
+    assert!(
+        (report.notes.iter()).any(|n| n.starts_with("linear layers: 168 copied from the source")),
+        "{:?}",
+        report.notes
+    );
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.get_u32("llama.block_count").unwrap(), 24);
     assert!(g.tensors().iter().all(|t| !t.name.starts_with("blk.24.")));

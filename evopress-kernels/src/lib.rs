@@ -11,8 +11,8 @@ pub mod cuda;
 pub mod weight;
 
 pub use weight::{
-    Buf, DType, GgmlMatrix, GgmlType, MaskedMatrix, MaskedValues, PackedMatrix, PackedParts,
-    Storage, Weight, WeightError, WeightKind, WeightView,
+    Buf, DType, GgmlMatrix, GgmlType, MaskedMatrix, MaskedPackedMatrix, MaskedPackedParts,
+    MaskedValues, PackedMatrix, PackedParts, Storage, Weight, WeightError, WeightKind, WeightView,
 };
 
 /// Cos/sin tables for rotate-half RoPE: `cos[p * half + i]`, `sin[p * half + i]` for position

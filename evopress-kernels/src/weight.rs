@@ -4,6 +4,8 @@
 //! - [`PackedMatrix`] (quantized: bit-packed codes, f16 scales and zeros, optional act-order
 //!   permutation; see [`packed`]),
 //! - [`MaskedMatrix`] (sparse: a bitmask plus the kept values; see [`masked`]),
+//! - [`MaskedPackedMatrix`] (sparse and quantized: a bitmask plus the kept weights' packed codes,
+//!   f16 scales and zeros; see [`masked_packed`]),
 //! - [`GgmlMatrix`] (llama.cpp's block formats, e.g. a GGUF tensor's `Q4_K` blocks; see
 //!   [`ggml`]).
 //!
@@ -15,11 +17,13 @@
 pub mod buf;
 pub mod ggml;
 pub mod masked;
+pub mod masked_packed;
 pub mod packed;
 
 pub use buf::Buf;
 pub use ggml::{GgmlMatrix, GgmlType};
 pub use masked::{MaskedMatrix, MaskedValues};
+pub use masked_packed::{MaskedPackedMatrix, MaskedPackedParts};
 pub use packed::{PackedMatrix, PackedParts};
 
 use half::{bf16, f16};
@@ -67,6 +71,8 @@ pub enum Storage {
     Packed(Arc<PackedMatrix>),
     /// Sparse mask + values (see [`masked`]).
     Masked(Arc<MaskedMatrix>),
+    /// Sparse mask + quantized codes of the kept weights (see [`masked_packed`]).
+    MaskedPacked(Arc<MaskedPackedMatrix>),
     /// llama.cpp blocks (see [`ggml`]).
     Ggml(Arc<GgmlMatrix>),
 }
@@ -77,6 +83,7 @@ pub enum WeightKind {
     Dense(DType),
     Packed { bits: u8, group_size: usize },
     Masked { values: DType, has_mask: bool },
+    MaskedPacked { bits: u8, group_size: usize },
     Ggml(GgmlType),
 }
 
@@ -92,6 +99,9 @@ impl std::fmt::Display for WeightKind {
                 }
                 Ok(())
             }
+            WeightKind::MaskedPacked { bits, group_size } => {
+                write!(f, "masked packed {bits}-bit g{group_size}")
+            }
             WeightKind::Ggml(ty) => write!(f, "ggml {ty}"),
         }
     }
@@ -104,6 +114,7 @@ pub(crate) enum Source<'a> {
     Dense(WeightView<'a>),
     Packed(&'a PackedMatrix, usize),
     Masked(&'a MaskedMatrix, usize),
+    MaskedPacked(&'a MaskedPackedMatrix, usize),
     Ggml(&'a GgmlMatrix, usize),
 }
 
@@ -260,6 +271,18 @@ impl Weight {
         }
     }
 
+    /// A masked-packed (sparse and quantized) weight from its stored parts, each owned or a
+    /// region of a mapped file; the parts are checked against each other.
+    pub fn masked_packed(parts: MaskedPackedParts) -> Result<Self, WeightError> {
+        let m = MaskedPackedMatrix::new(parts)?;
+        Ok(Weight {
+            rows: m.rows(),
+            cols: m.cols(),
+            storage: Storage::MaskedPacked(Arc::new(m)),
+            row0: 0,
+        })
+    }
+
     /// A weight in one of llama.cpp's block formats (`blocks` owned or a region of a mapped
     /// file); the blocks are checked against the type and shape.
     pub fn ggml(
@@ -299,6 +322,10 @@ impl Weight {
                 values: m.values().dtype(),
                 has_mask: m.mask().is_some(),
             },
+            Storage::MaskedPacked(m) => WeightKind::MaskedPacked {
+                bits: m.bits(),
+                group_size: m.group_size(),
+            },
             Storage::Ggml(g) => WeightKind::Ggml(g.ty()),
             _ => WeightKind::Dense(self.dtype()),
         }
@@ -333,21 +360,22 @@ impl Weight {
         match &self.storage {
             Storage::Packed(p) => p.bytes_of_rows(self.rows),
             Storage::Masked(m) => m.bytes_of_rows(self.row0, self.rows),
+            Storage::MaskedPacked(m) => m.bytes_of_rows(self.row0, self.rows),
             Storage::Ggml(g) => g.bytes_of_rows(self.rows),
             _ => self.numel() * self.dtype().size_of(),
         }
     }
 
     /// The element type of a dense weight. For compressed kinds, the type values are decoded
-    /// from (f16 scales for packed and ggml blocks, f32 for `Q8_K`, the values' type for
-    /// masked); see [`Weight::kind`].
+    /// from (f16 scales for packed, masked-packed and ggml blocks, f32 for `Q8_K`, the values'
+    /// type for masked); see [`Weight::kind`].
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::F32(_) => DType::F32,
             Storage::F16(_) => DType::F16,
             Storage::BF16(_) => DType::BF16,
             Storage::Mapped { dtype, .. } => *dtype,
-            Storage::Packed(_) => DType::F16,
+            Storage::Packed(_) | Storage::MaskedPacked(_) => DType::F16,
             Storage::Masked(m) => m.values().dtype(),
             Storage::Ggml(g) if g.ty() == GgmlType::Q8_K => DType::F32,
             Storage::Ggml(_) => DType::F16,
@@ -407,7 +435,10 @@ impl Weight {
                     ),
                 }
             }
-            Storage::Packed(_) | Storage::Masked(_) | Storage::Ggml(_) => return None,
+            Storage::Packed(_)
+            | Storage::Masked(_)
+            | Storage::MaskedPacked(_)
+            | Storage::Ggml(_) => return None,
         })
     }
 
@@ -415,6 +446,7 @@ impl Weight {
         match &self.storage {
             Storage::Packed(p) => Source::Packed(p, self.row0),
             Storage::Masked(m) => Source::Masked(m, self.row0),
+            Storage::MaskedPacked(m) => Source::MaskedPacked(m, self.row0),
             Storage::Ggml(g) => Source::Ggml(g, self.row0),
             _ => Source::Dense(self.dense_view().expect("dense storage")),
         }
@@ -452,6 +484,7 @@ impl Weight {
                 }
             }
             Source::Masked(m, row0) => m.decode_rows_into(row0 + first, out),
+            Source::MaskedPacked(m, row0) => m.decode_rows_into(row0 + first, out),
             Source::Ggml(g, row0) => g.decode_rows_into(row0 + first, out),
         }
     }

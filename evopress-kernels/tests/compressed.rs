@@ -1,12 +1,14 @@
-//! Packed (quantized), masked (sparse) and ggml (llama.cpp block) weights: the fast matmul
-//! against the reference and against a dense f32 matmul of the decoded matrix, decoding against
-//! an independent bit-by-bit reader of the layouts, row slices, and mapped vs owned storage.
+//! Packed (quantized), masked (sparse), masked-packed (both) and ggml (llama.cpp block)
+//! weights: the fast matmul against the reference and against a dense f32 matmul of the decoded
+//! matrix, decoding against an independent bit-by-bit reader of the layouts, row slices, and
+//! mapped vs owned storage.
 //! (The ggml block codec itself is checked against llama.cpp in `tests/ggml.rs`.)
 
 use evopress_kernels::cpu::{reference, Cpu};
 use evopress_kernels::weight::ggml::{decode_rows, encode_rows};
 use evopress_kernels::{
-    Buf, Device, GgmlType, MaskedValues, PackedParts, Weight, WeightError, WeightKind,
+    Buf, Device, GgmlType, MaskedPackedParts, MaskedValues, PackedParts, Weight, WeightError,
+    WeightKind,
 };
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -139,6 +141,87 @@ fn random_masked(
         }
     }
     (mask, values, dense)
+}
+
+/// Writes code `q` (`bits` wide) as entry `i` of a chunked code stream, bit by bit as the
+/// packed layout's docs describe (power-of-two slices, low bits first).
+fn put_code(words: &mut [u32], i: usize, q: u32, bits: usize) {
+    let (chunk, i) = (i / 32, i % 32);
+    let mut o = 0;
+    for p in [1, 2, 4, 8] {
+        if bits & p == 0 {
+            continue;
+        }
+        for bit in 0..p {
+            let v = (q >> (o + bit)) & 1;
+            words[chunk * bits + o + i * p / 32] |= v << (i * p % 32 + bit);
+        }
+        o += p;
+    }
+}
+
+/// A masked-packed matrix's raw parts plus its dense decoding, written by an independent
+/// packer: random mask at `sparsity`, random codes of the kept weights in one stream.
+struct RawMaskedPacked {
+    parts: MaskedPackedParts,
+    mask: Vec<u64>,
+    codes: Vec<u32>,
+    scales: Vec<f16>,
+    zeros: Vec<f16>,
+    dense: Vec<f32>,
+}
+
+fn random_masked_packed(
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    gs: usize,
+    sparsity: f64,
+    seed: u64,
+) -> RawMaskedPacked {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (b, words, ng) = (bits as usize, cols.div_ceil(64), cols.div_ceil(gs));
+    let scales: Vec<f16> = (0..rows * ng)
+        .map(|_| f16::from_f32(rng.gen_range(0.01f32..0.1)))
+        .collect();
+    let zeros: Vec<f16> = (0..rows * ng)
+        .map(|_| f16::from_f32(rng.gen_range(0..1u32 << bits) as f32))
+        .collect();
+    let mut mask = vec![0u64; rows * words];
+    let mut kept = Vec::new();
+    let mut dense = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            if !rng.gen_bool(sparsity) {
+                let q = rng.gen_range(0..1u32 << bits);
+                mask[r * words + c / 64] |= 1 << (c % 64);
+                kept.push(q);
+                let g = r * ng + c / gs;
+                dense[r * cols + c] = (q as f32 - zeros[g].to_f32()) * scales[g].to_f32();
+            }
+        }
+    }
+    let mut codes = vec![0u32; kept.len().div_ceil(32) * b];
+    for (i, &q) in kept.iter().enumerate() {
+        put_code(&mut codes, i, q, b);
+    }
+    RawMaskedPacked {
+        parts: MaskedPackedParts {
+            rows,
+            cols,
+            bits,
+            group_size: gs,
+            mask: Buf::owned(mask.clone()),
+            codes: Buf::owned(codes.clone()),
+            scales: Buf::owned(scales.clone()),
+            zeros: Buf::owned(zeros.clone()),
+        },
+        mask,
+        codes,
+        scales,
+        zeros,
+        dense,
+    }
 }
 
 /// `out` vs `x · denseᵀ` in f64, relative to `Σ|x||w|` per output.
@@ -346,6 +429,75 @@ fn inconsistent_ggml_blocks_are_layout_errors() {
         Buf::owned(bytes[..272].to_vec())
     )));
     assert!(Weight::ggml(GgmlType::Q4_K, 2, 256, Buf::owned(bytes)).is_ok());
+}
+
+#[test]
+fn masked_packed_matmul_every_width_group_and_sparsity() {
+    let shapes = [(37, 200), (70, 576), (16, 33), (130, 1000)];
+    let groups = [64, 128, 96, 256];
+    let mut seed = 100;
+    for bits in 2..=8u8 {
+        for (si, &(rows, cols)) in shapes.iter().enumerate() {
+            let gs = groups[(si + bits as usize) % groups.len()];
+            for sparsity in [0.0, 0.5, 0.8, 1.0] {
+                seed += 1;
+                let raw = random_masked_packed(rows, cols, bits, gs, sparsity, seed);
+                let w = Weight::masked_packed(raw.parts.clone()).unwrap();
+                assert_eq!(
+                    w.kind(),
+                    WeightKind::MaskedPacked {
+                        bits,
+                        group_size: gs
+                    }
+                );
+                let stored = 8 * raw.mask.len() + 4 * raw.codes.len() + 2 * 2 * raw.scales.len();
+                assert_eq!(w.bytes(), stored);
+                let what = format!("masked-packed {bits}b g{gs} p={sparsity} [{rows}, {cols}]");
+                check_matmuls(&what, &w, &raw.dense, seed);
+                if si < 2 && bits % 3 == 1 {
+                    check_row_slices(&what, &w, &raw.dense);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn masked_packed_mapped_equals_owned_and_bad_parts_are_errors() {
+    let raw = random_masked_packed(41, 300, 3, 128, 0.5, 9);
+    let (map, off) = map_file(
+        "masked-packed",
+        &[
+            bytemuck::cast_slice(&raw.mask),
+            bytemuck::cast_slice(&raw.codes),
+            bytemuck::cast_slice(&raw.scales),
+            bytemuck::cast_slice(&raw.zeros),
+        ],
+    );
+    let mapped = Weight::masked_packed(MaskedPackedParts {
+        mask: Buf::mapped(map.clone(), off[0], raw.mask.len()).unwrap(),
+        codes: Buf::mapped(map.clone(), off[1], raw.codes.len()).unwrap(),
+        scales: Buf::mapped(map.clone(), off[2], raw.scales.len()).unwrap(),
+        zeros: Buf::mapped(map.clone(), off[3], raw.zeros.len()).unwrap(),
+        ..raw.parts.clone()
+    })
+    .unwrap();
+    assert_eq!(mapped.to_f32_vec(), raw.dense);
+    check_matmuls("mapped masked-packed", &mapped, &raw.dense, 4);
+
+    let bad = |f: &dyn Fn(&mut MaskedPackedParts)| {
+        let mut p = raw.parts.clone();
+        f(&mut p);
+        matches!(Weight::masked_packed(p), Err(WeightError::Layout(_)))
+    };
+    assert!(bad(&|p| p.bits = 1));
+    assert!(bad(&|p| p.group_size = 0));
+    assert!(bad(&|p| p.codes = Buf::owned(raw.codes[3..].to_vec())));
+    assert!(bad(&|p| p.scales = Buf::owned(raw.scales[1..].to_vec())));
+    assert!(bad(&|p| p.mask = Buf::owned(raw.mask[1..].to_vec())));
+    let mut padded = raw.mask.clone();
+    padded[4] |= 1 << 63; // row 0 word 4: columns 256..299 are real, bit 63 is padding
+    assert!(bad(&|p| p.mask = Buf::owned(padded.clone())));
 }
 
 #[test]

@@ -71,6 +71,11 @@ pub fn dp_allocate(space: &SearchSpace, errors: &[Vec<f64>]) -> Result<Genome> {
                 }
             }
         }
+        Budget::CostCeiling { .. } if !space.gates().is_empty() => {
+            return Err(Error::Invalid(
+                "DP: a space with gates is not a sum of independent unit costs".into(),
+            ))
+        }
         Budget::CostCeiling { max_cost, .. } => {
             let unit_cost = units
                 .iter()

@@ -47,7 +47,9 @@ pub fn random_start(space: &SearchSpace, rng: &mut impl Rng) -> Result<Genome> {
         }
         Budget::CostCeiling { max_cost, step } => {
             while space.total_cost(&genome) > max_cost {
+                let active = |u: &usize| !space.is_switch(*u) && !space.is_gated_off(&genome, *u);
                 let lowerable = (0..units.len())
+                    .filter(active)
                     .filter_map(|u| Some((u, units[u].legal_neighbour(genome.0[u], -step)?)));
                 let Some((unit, level)) = lowerable.choose(rng) else {
                     return Err(Error::Invalid(format!(

@@ -32,5 +32,6 @@ pub use evolve::{
     SearchState, Seed, SeedScore, StageInfo, Stop, Tournament,
 };
 pub use space::{
-    Budget, BudgetReport, ChooseK, Genome, Group, GroupReport, GroupStart, Level, SearchSpace, Unit,
+    Budget, BudgetReport, ChooseK, Gate, Genome, Group, GroupReport, GroupStart, Level,
+    SearchSpace, Unit,
 };

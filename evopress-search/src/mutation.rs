@@ -1,6 +1,6 @@
 //! Level-switch mutation (docs/search.md) and the loop that collects distinct offspring.
 
-use super::space::{Budget, Genome, SearchSpace};
+use super::space::{Budget, Genome, SearchSpace, ON};
 use crate::error::{Error, Result};
 use rand::seq::{IteratorRandom, SliceRandom};
 use rand::Rng;
@@ -11,6 +11,9 @@ const MAX_CEILING_CHANGES: usize = 10;
 /// Under [`Budget::CostCeiling`], a mutation that removes more than 1/0.8 times the cost it
 /// added is rejected, so offspring do not drift far under the budget.
 const MIN_ADDED_PER_REMOVED: f64 = 0.8;
+/// In a space with gates, a mutation changing more units than this is rejected; refilling the
+/// bytes a dropped sub-block frees stops here.
+const MAX_GATED_CHANGES: usize = 16;
 
 /// The number of switches in one mutation: `min(U{1..M}, U{1..M})`, which favours small steps
 /// (for M = 3: P(1) = 5/9, P(2) = 3/9, P(3) = 1/9).
@@ -35,6 +38,9 @@ pub fn mutate(
                 level_switch(space, &mut child, step, rng);
             }
             Some(child)
+        }
+        Budget::CostCeiling { max_cost, step } if !space.gates().is_empty() => {
+            gated_move_then_fit(space, &mut child, switches, max_cost, step, rng).then_some(child)
         }
         Budget::CostCeiling { max_cost, step } => {
             raise_then_fit(space, &mut child, switches, max_cost, step, rng).then_some(child)
@@ -105,6 +111,101 @@ fn raise_then_fit(
         removed += after.abs_diff(before);
     }
     changes <= MAX_CEILING_CHANGES && added as f64 >= MIN_ADDED_PER_REMOVED * removed.max(1) as f64
+}
+
+/// The mutation of a space with gates (docs/search.md): `moves` times, a random unit that is
+/// not gated off either flips (a switch: drop or restore its members) or rises by `step`; then
+/// random active units are lowered by `step` until the total cost fits under `max_cost`; after a
+/// drop, random active units are raised while the next raise still fits, spending the freed
+/// cost. False when the result is rejected: too many changes, or (without a drop) more cost
+/// removed than 1/0.8 times what was added, as in [`raise_then_fit`].
+fn gated_move_then_fit(
+    space: &SearchSpace,
+    genome: &mut Genome,
+    moves: usize,
+    max_cost: u64,
+    step: i32,
+    rng: &mut impl Rng,
+) -> bool {
+    let units = space.units();
+    let active = |g: &Genome, u: usize| !space.is_gated_off(g, u);
+    let level_move = |g: &Genome, u: usize, delta: i32| {
+        (!space.is_switch(u) && active(g, u))
+            .then(|| units[u].legal_neighbour(g.0[u], delta))
+            .flatten()
+    };
+    // A switch flips at most once per mutation: dropping, moving a member and restoring would
+    // change the genome but not the model.
+    let mut flipped = Vec::new();
+    let flip = |g: &Genome, u: usize, flipped: &[usize]| {
+        let other = 1 - g.0[u];
+        let ok =
+            space.is_switch(u) && !flipped.contains(&u) && units[u].levels[other as usize].legal;
+        ok.then_some(other)
+    };
+    let mut t = Tally {
+        total: space.total_cost(genome),
+        ..Tally::default()
+    };
+    let mut dropped = false;
+    for _ in 0..moves {
+        let candidates = (0..units.len()).filter_map(|u| {
+            let to = flip(genome, u, &flipped).or_else(|| level_move(genome, u, step))?;
+            Some((u, to))
+        });
+        let Some((u, level)) = candidates.choose(rng) else {
+            return false;
+        };
+        if space.is_switch(u) {
+            flipped.push(u);
+            dropped |= units[u].levels[level as usize].id == ON;
+        }
+        t.apply(space, genome, u, level);
+    }
+    while t.total > max_cost {
+        let lowerable = (0..units.len()).filter_map(|u| Some((u, level_move(genome, u, -step)?)));
+        let Some((u, level)) = lowerable.choose(rng) else {
+            return false;
+        };
+        t.apply(space, genome, u, level);
+    }
+    if dropped {
+        while t.changes < MAX_GATED_CHANGES {
+            let raisable = (0..units.len()).filter_map(|u| Some((u, level_move(genome, u, step)?)));
+            let Some((u, level)) = raisable.choose(rng) else {
+                break;
+            };
+            // `u` is active, so the total holds its current level's cost.
+            let old = space.level(genome, u).cost;
+            if t.total - old + units[u].levels[level as usize].cost > max_cost {
+                break;
+            }
+            t.apply(space, genome, u, level);
+        }
+    }
+    t.changes <= MAX_GATED_CHANGES
+        && (dropped || t.added as f64 >= MIN_ADDED_PER_REMOVED * t.removed.max(1) as f64)
+}
+
+/// The running cost of a gated mutation: every change re-sums the total (a switch moves the
+/// cost of all its members at once).
+#[derive(Default)]
+struct Tally {
+    total: u64,
+    added: u64,
+    removed: u64,
+    changes: usize,
+}
+
+impl Tally {
+    fn apply(&mut self, space: &SearchSpace, genome: &mut Genome, u: usize, level: u16) {
+        genome.0[u] = level;
+        let now = space.total_cost(genome);
+        self.added += now.saturating_sub(self.total);
+        self.removed += self.total.saturating_sub(now);
+        self.total = now;
+        self.changes += 1;
+    }
 }
 
 /// `count` distinct legal offspring, none equal to a parent, each mutated from a parent drawn

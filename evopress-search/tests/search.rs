@@ -5,9 +5,9 @@ use evopress_search::init::random_start;
 use evopress_search::mutation::{check_random_walk, switch_count};
 use evopress_search::space::ChooseK;
 use evopress_search::{
-    Budget, Evaluator, GenerationEvent, Genome, Group, GroupStart, InitialSource, Level, Observer,
-    Result, Score, Search, SearchConfig, SearchSpace, SearchState, Seed, Stage, Stop, TokenBatch,
-    Unit,
+    Budget, Evaluator, Gate, GenerationEvent, Genome, Group, GroupStart, InitialSource, Level,
+    Observer, Result, Score, Search, SearchConfig, SearchSpace, SearchState, Seed, Stage, Stop,
+    TokenBatch, Unit,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -119,6 +119,43 @@ fn bit_ceiling_space(numels: &[u64], widths: &[i32], target: f64) -> SearchSpace
         start: GroupStart::uniform(base),
     }];
     SearchSpace::new(units, groups, Budget::CostCeiling { max_cost, step: 1 }).unwrap()
+}
+
+/// `blocks` sub-blocks, each a switch (kept/dropped) and `layers` layers at widths 2..=6 bits of
+/// `numel` weights each, under a ceiling of `target` bits per weight over all layers: the shape
+/// of a joint depth and bit-width search. Layers start at 6 bits; switches kept.
+fn gated_space(blocks: usize, layers: usize, numel: u64, target: f64) -> SearchSpace {
+    let (mut units, mut gates) = (Vec::new(), Vec::new());
+    for b in 0..blocks {
+        let switch = units.len();
+        units.push(Unit {
+            name: format!("block.{b}"),
+            group: 0,
+            levels: vec![Level::new(0, 0), Level::new(1, 0)],
+        });
+        let members: Vec<usize> = (0..layers).map(|l| switch + 1 + l).collect();
+        units.extend((0..layers).map(|l| Unit {
+            name: format!("block.{b}.layer.{l}"),
+            group: 1,
+            levels: (2..=6).map(|w| Level::new(w, numel * w as u64)).collect(),
+        }));
+        gates.push(Gate { switch, members });
+    }
+    let groups = vec![
+        Group {
+            name: "switches".into(),
+            start: GroupStart::uniform(0),
+        },
+        Group {
+            name: "layers".into(),
+            start: GroupStart::uniform(6),
+        },
+    ];
+    let max_cost = (target * (blocks * layers) as f64 * numel as f64) as u64;
+    let budget = Budget::CostCeiling { max_cost, step: 1 };
+    (SearchSpace::new(units, groups, budget).unwrap())
+        .with_gates(gates)
+        .unwrap()
 }
 
 /// Every genome meeting the budget, by brute force over small spaces.
@@ -241,6 +278,111 @@ proptest! {
         let space = bit_ceiling_space(&numels, &[2, 3, 4, 5, 6], target);
         check_random_walk(&space, seed, 300).unwrap();
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Gated mutations keep the ceiling and never move a layer of a dropped sub-block.
+    #[test]
+    fn gated_mutations_stay_under_the_ceiling_and_freeze_dropped_members(
+        blocks in 1usize..6, layers in 1usize..4, target in 2.0f64..6.0, seed: u64,
+    ) {
+        let space = gated_space(blocks, layers, 100, target);
+        check_random_walk(&space, seed, 200).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut genome = random_start(&space, &mut rng).unwrap();
+        for _ in 0..200 {
+            let Some(child) = evopress_search::mutation::mutate(&space, &genome, 3, &mut rng)
+            else {
+                continue;
+            };
+            for u in 0..space.units().len() {
+                if space.is_gated_off(&genome, u) && space.is_gated_off(&child, u) {
+                    prop_assert_eq!(genome.0[u], child.0[u], "a dropped layer moved");
+                }
+            }
+            genome = child;
+        }
+    }
+}
+
+#[test]
+fn gates_zero_the_cost_of_dropped_members_and_are_checked() {
+    let space = gated_space(2, 2, 100, 4.0);
+    // block.0 dropped, its layers at 6 bits; block.1's layers at 2 and 3 bits.
+    let genome = space.genome_from_ids(&[1, 6, 6, 0, 2, 3]).unwrap();
+    assert_eq!(space.total_cost(&genome), 500);
+    assert!(space.is_gated_off(&genome, 1) && !space.is_gated_off(&genome, 4));
+    assert!(space.budget_report(&genome).holds);
+    let kept = space.genome_from_ids(&[0, 6, 6, 0, 2, 3]).unwrap();
+    assert_eq!(space.total_cost(&kept), 1700);
+    assert!(dp_allocate(&space, &vec![vec![0.0; 5]; 6]).is_err());
+
+    let plain = || gated_space(2, 2, 100, 4.0);
+    let err = |gates: Vec<Gate>| plain().with_gates(gates).unwrap_err().to_string();
+    let e = err(vec![Gate {
+        switch: 1,
+        members: vec![2],
+    }]);
+    assert!(e.contains("levels 0 and 1"), "{e}");
+    let e = err(vec![
+        Gate {
+            switch: 0,
+            members: vec![1, 2],
+        },
+        Gate {
+            switch: 3,
+            members: vec![2],
+        },
+    ]);
+    assert!(e.contains("two gates"), "{e}");
+    let exact = choose_k_space(4, 1, |_| true);
+    let e = exact
+        .with_gates(vec![Gate {
+            switch: 0,
+            members: vec![1],
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cost ceiling"), "{e}");
+}
+
+/// Dropping a block whose layers barely matter frees bits the others need: the search must
+/// find the brute-force optimum, which drops exactly that block.
+#[test]
+fn gated_search_finds_the_drop_that_pays_for_wider_layers() {
+    let space = gated_space(3, 2, 100, 3.0);
+    let weight = [1.0, 1.0, 0.05];
+    let fitness = |ids: &[i32]| {
+        (0..3)
+            .map(|b| {
+                let w = weight[b];
+                if ids[3 * b] == 1 {
+                    return 1.5 * w;
+                }
+                (1..3)
+                    .map(|l| w / (1 << ids[3 * b + l]) as f64)
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let (best, best_f) = brute_force_best(&space, fitness);
+    assert_eq!(space.level_ids(&best)[6], 1, "the optimum drops block 2");
+    let config = SearchConfig {
+        initially_generated: 4,
+        initial_tokens: 256,
+        max_mutations: 3,
+        ..config(60, 16, &[(4, 256), (1, 512)])
+    };
+    let mut evaluator = Synthetic::new(&space, fitness);
+    let state = run_to_end(&space, &config, &calibration(8, 1024), &mut evaluator);
+    let found = fitness(&space.level_ids(state.best()));
+    assert!(space.budget_report(state.best()).holds);
+    assert!(
+        (found - best_f).abs() < 1e-12,
+        "{found} vs optimum {best_f}"
+    );
 }
 
 #[test]

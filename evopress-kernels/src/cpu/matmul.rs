@@ -14,9 +14,10 @@
 //!   since each task's slice of `W` stays in its core's L2 while all of `x` streams past.
 //!
 //! Compressed weights ([packed](crate::weight::packed) codes, [masked](crate::weight::masked)
-//! sparse rows, [ggml](crate::weight::ggml) blocks) take the same two paths: GEMV decodes one row of `W` at a time into a
-//! per-thread f32 row and dots it with every `x` row; GEMM decodes a task's block of rows into
-//! the thread-local tile, exactly where f16/bf16 blocks are widened. A packed matrix with an
+//! sparse rows, [masked-packed](crate::weight::masked_packed) codes of the kept weights,
+//! [ggml](crate::weight::ggml) blocks) take the same two paths: GEMV decodes one row of `W` at
+//! a time into a per-thread f32 row and dots it with every `x` row; GEMM decodes a task's block
+//! of rows into the thread-local tile, exactly where f16/bf16 blocks are widened. A packed matrix with an
 //! act-order permutation is multiplied in its stored column order against `x[:, perm]`,
 //! gathered once per call: `x · Wᵀ = x[:, perm] · W_storedᵀ`.
 //!
@@ -75,6 +76,11 @@ pub fn matmul_wt(x: &[f32], w: &Weight, out: &mut [f32]) {
         }
         Source::Masked(mm, row0) => {
             let t = mm.tables();
+            let decode = |j: usize, rows: &mut [f32]| t.rows_into(row0 + j, rows);
+            matmul_decoded(x, m, k, n, out, decode)
+        }
+        Source::MaskedPacked(mp, row0) => {
+            let t = mp.tables();
             let decode = |j: usize, rows: &mut [f32]| t.rows_into(row0 + j, rows);
             matmul_decoded(x, m, k, n, out, decode)
         }

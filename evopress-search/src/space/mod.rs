@@ -7,7 +7,9 @@
 //! - keep the total cost under a ceiling ([`Budget::CostCeiling`]), where units of different
 //!   sizes trade with each other (bits or bytes over all layers).
 //!
-//! The method crates build their spaces with [`SearchSpace::new`].
+//! The method crates build their spaces with [`SearchSpace::new`]. Under a cost ceiling a space
+//! may also have [`Gate`]s ([`SearchSpace::with_gates`]): units that switch others off, so one
+//! genome can drop a sub-block and choose levels for its layers (docs/search.md).
 
 mod count;
 mod report;
@@ -115,15 +117,33 @@ impl Genome {
     }
 }
 
+/// A unit that switches others off: while the `switch` unit is at level id [`ON`] (a dropped
+/// sub-block), its `members` (the sub-block's layers) cost nothing, no mutation moves them, and
+/// they keep their levels for when the switch is turned back to [`OFF`]. The switch has exactly
+/// the levels `OFF` and `ON`, both of cost 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    pub switch: usize,
+    pub members: Vec<usize>,
+}
+
 /// Units, groups and budget, checked to be consistent; see [`SearchSpace::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SearchSpace {
     units: Vec<Unit>,
     groups: Vec<Group>,
     budget: Budget,
+    /// Empty unless [`SearchSpace::with_gates`] added some (then part of the fingerprint).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gates: Vec<Gate>,
     /// Unit indices per group, derived from `units`.
     #[serde(skip)]
     members: Vec<Vec<usize>>,
+    /// The switch unit gating each unit, derived from `gates`.
+    #[serde(skip)]
+    gated_by: Vec<Option<usize>>,
+    #[serde(skip)]
+    is_switch: Vec<bool>,
 }
 
 impl SearchSpace {
@@ -167,14 +187,86 @@ impl SearchSpace {
         if step < 1 {
             return invalid(format!("the level step must be at least 1, got {step}"));
         }
+        let n = units.len();
         let space = SearchSpace {
             units,
             groups,
             budget,
+            gates: Vec::new(),
             members,
+            gated_by: vec![None; n],
+            is_switch: vec![false; n],
         };
         space.check_starts()?;
         Ok(space)
+    }
+
+    /// Adds gates (see [`Gate`]): only under [`Budget::CostCeiling`]; a switch has exactly the
+    /// levels [`OFF`] and [`ON`] at cost 0, is no gate's member, and a unit has one gate at most.
+    pub fn with_gates(mut self, gates: Vec<Gate>) -> Result<Self> {
+        let invalid = |msg: String| Err(Error::Invalid(format!("search space gates: {msg}")));
+        if !gates.is_empty() && !matches!(self.budget, Budget::CostCeiling { .. }) {
+            return invalid("gates need a cost ceiling budget".into());
+        }
+        let n = self.units.len();
+        let (mut gated_by, mut is_switch) = (vec![None; n], vec![false; n]);
+        for gate in &gates {
+            let Some(switch) = self.units.get(gate.switch) else {
+                return invalid(format!("switch {} of {n} units", gate.switch));
+            };
+            let ids: Vec<(i32, u64)> = switch.levels.iter().map(|l| (l.id, l.cost)).collect();
+            if ids != [(OFF, 0), (ON, 0)] {
+                return invalid(format!(
+                    "switch `{}` must have levels {OFF} and {ON} at cost 0, has {ids:?}",
+                    switch.name
+                ));
+            }
+            is_switch[gate.switch] = true;
+            for &m in &gate.members {
+                if m >= n || gated_by[m].is_some() || m == gate.switch {
+                    return invalid(format!(
+                        "member {m} of switch `{}` is out of range, the switch itself or in two \
+                         gates",
+                        switch.name
+                    ));
+                }
+                gated_by[m] = Some(gate.switch);
+            }
+        }
+        if let Some(m) = (0..n).find(|&u| is_switch[u] && gated_by[u].is_some()) {
+            return invalid(format!(
+                "switch `{}` is another gate's member",
+                self.units[m].name
+            ));
+        }
+        self.gates = gates;
+        self.gated_by = gated_by;
+        self.is_switch = is_switch;
+        Ok(self)
+    }
+
+    pub fn gates(&self) -> &[Gate] {
+        &self.gates
+    }
+
+    /// Whether unit `u` is a gate's switch.
+    pub fn is_switch(&self, u: usize) -> bool {
+        self.is_switch[u]
+    }
+
+    /// Whether unit `u` belongs to a gate whose switch is [`ON`] in `genome`: it costs nothing
+    /// and does not move.
+    pub fn is_gated_off(&self, genome: &Genome, u: usize) -> bool {
+        self.gated_by[u].is_some_and(|s| self.level(genome, s).id == ON)
+    }
+
+    /// What unit `u` costs in `genome`: its level's cost, 0 while gated off.
+    pub fn unit_cost(&self, genome: &Genome, u: usize) -> u64 {
+        if self.is_gated_off(genome, u) {
+            0
+        } else {
+            self.level(genome, u).cost
+        }
     }
 
     /// Marks levels illegal where `allowed(unit, level)` is false, then re-checks the space.
@@ -185,7 +277,7 @@ impl SearchSpace {
                 level.legal &= ok;
             }
         }
-        SearchSpace::new(self.units, self.groups, self.budget)
+        SearchSpace::new(self.units, self.groups, self.budget)?.with_gates(self.gates)
     }
 
     fn check_starts(&self) -> Result<()> {
@@ -325,9 +417,10 @@ impl SearchSpace {
         Ok(Genome(indices.collect::<Result<_>>()?))
     }
 
+    /// The budget's sum: every unit's [`unit_cost`](Self::unit_cost).
     pub fn total_cost(&self, genome: &Genome) -> u64 {
         (0..self.units.len())
-            .map(|u| self.level(genome, u).cost)
+            .map(|u| self.unit_cost(genome, u))
             .sum()
     }
 
@@ -372,7 +465,10 @@ impl SearchSpace {
 
     /// A one-line summary for error messages, e.g. "60 units in 2 groups, 4 legal genomes".
     pub fn describe(&self) -> String {
-        let shape = format!("{} units in {} groups", self.units.len(), self.groups.len());
+        let mut shape = format!("{} units in {} groups", self.units.len(), self.groups.len());
+        if !self.gates.is_empty() {
+            shape += &format!(", {} gates", self.gates.len());
+        }
         match self.budget {
             Budget::ExactGroupSums { .. } => {
                 format!("{shape}, {} legal genomes", count::legal_genomes(self))

@@ -37,9 +37,9 @@ impl SearchSpace {
                 GroupReport {
                     name: self.groups[g].name.clone(),
                     units: members.len(),
-                    level_sum: levels.clone().map(|l| l.id as i64).sum(),
+                    level_sum: levels.map(|l| l.id as i64).sum(),
                     target_level_sum: exact.then(|| self.target_level_sum(g)),
-                    cost: levels.map(|l| l.cost).sum(),
+                    cost: members.iter().map(|&u| self.unit_cost(genome, u)).sum(),
                 }
             })
             .collect();

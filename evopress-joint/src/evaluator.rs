@@ -1,0 +1,92 @@
+//! The fitness of joint genomes: the candidate (layers swapped for stored variants, dropped
+//! sub-blocks skipped) scored on the stage's tokens against the dense targets, from the first
+//! block where it differs from the stage's parent, on the parent's cached block inputs. The
+//! result is bit-identical to a full forward (see [`evopress_core::evaluate`]).
+
+use evopress_core::evaluate::{Calibration, StageCache};
+use evopress_core::{BlockPlan, Candidate, Error, Model};
+use evopress_kernels::Device;
+use evopress_search::{Evaluator, Genome, Result, Score, TokenBatch};
+
+/// Builds the runnable model a genome stands for.
+pub type Build<'a> = Box<dyn Fn(&Genome) -> evopress_core::Result<Candidate> + 'a>;
+
+pub struct JointEvaluator<'a> {
+    dev: &'a dyn Device,
+    cal: &'a Calibration,
+    build: Build<'a>,
+    /// The block of every space unit (a switch's block, a layer's block).
+    unit_block: Vec<usize>,
+    n_blocks: usize,
+    cache_cap_bytes: usize,
+    stage: Option<(Genome, StageCache)>,
+    /// The last genome built, reused across its slices.
+    built: Option<(Genome, Model, Vec<BlockPlan>)>,
+    /// Blocks run over all evaluations.
+    pub blocks_run: u64,
+}
+
+impl<'a> JointEvaluator<'a> {
+    pub fn new(
+        model: &Model,
+        dev: &'a dyn Device,
+        cal: &'a Calibration,
+        unit_block: Vec<usize>,
+        build: Build<'a>,
+        cache_cap_bytes: usize,
+    ) -> Self {
+        JointEvaluator {
+            dev,
+            cal,
+            build,
+            unit_block,
+            n_blocks: model.layers.len(),
+            cache_cap_bytes,
+            stage: None,
+            built: None,
+            blocks_run: 0,
+        }
+    }
+}
+
+impl Evaluator for JointEvaluator<'_> {
+    fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
+        let c = (self.build)(parent)?;
+        let cache = StageCache::build(
+            &c.model,
+            self.dev,
+            self.cal,
+            batch.slices.clone(),
+            &c.plan,
+            self.cache_cap_bytes,
+        )?;
+        self.stage = Some((parent.clone(), cache));
+        Ok(())
+    }
+
+    fn score_slice(&mut self, genome: &Genome, batch: &TokenBatch, slice: usize) -> Result<Score> {
+        let (parent, cache) = self
+            .stage
+            .as_ref()
+            .filter(|(_, c)| c.is_for(batch))
+            .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
+        let first_diff = (genome.0.iter().zip(&parent.0))
+            .zip(&self.unit_block)
+            .filter(|((a, b), _)| a != b)
+            .map(|(_, &block)| block)
+            .min()
+            .unwrap_or(self.n_blocks);
+        let from = if cache.is_cached() { first_diff } else { 0 };
+        self.blocks_run += (self.n_blocks - from) as u64;
+        if self.built.as_ref().is_none_or(|(g, _, _)| g != genome) {
+            let c = (self.build)(genome)?;
+            self.built = Some((genome.clone(), c.model, c.plan));
+        }
+        let (_, model, plan) = self.built.as_ref().expect("just built");
+        Ok(cache.score_slice(model, self.dev, self.cal, plan, from, slice)?)
+    }
+
+    fn sums_are_nonnegative(&self) -> bool {
+        true
+    }
+}
