@@ -330,6 +330,7 @@ fn search(a: SearchArgs, dev: &dyn Device) -> Result<()> {
         println!("{}", serde_json::to_string(&runs)?);
         return Ok(());
     }
+    println!("model weights held as {}", runs.weights);
     for r in &runs.modes {
         println!(
             "{:>23}: {:.2} s/generation ({:.2} CPU s), {:.2} evaluations/s, final fitness {:.6}",

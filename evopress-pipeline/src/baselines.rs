@@ -211,7 +211,7 @@ pub fn run_baselines(
     let method = find_method(methods, &kind)?;
     let out = &cfg.output.dir;
     let _lock = DirLock::acquire(out, "writing baselines")?;
-    let session = Session::open(&cfg.model.path, dev, quiet)?;
+    let session = Session::open(&cfg.model, dev, quiet)?;
     let backend = method.open(&section, &session.loaded.model)?;
     let offered = backend.baselines();
     let names: Vec<String> = match selection {

@@ -39,6 +39,8 @@ pub struct Profile {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SearchBench {
+    /// What the GGUF's block-format tensors were held as (`[model] weights`).
+    pub weights: String,
     pub modes: Vec<ModeRun>,
     pub profile: Profile,
 }
@@ -55,7 +57,7 @@ pub fn search(
     cfg.search.initial = vec![InitialSource::Random];
     let (kind, section) = split_kind(&cfg.backend, "[backend]")?;
     let method = find_method(methods, &kind)?;
-    let session = Session::open(&cfg.model.path, dev, true)?;
+    let session = Session::open(&cfg.model, dev, true)?;
     let model = &session.loaded.model;
     let backend = method.open(&section, model)?;
     let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
@@ -105,6 +107,7 @@ pub fn search(
         });
     }
     Ok(SearchBench {
+        weights: format!("{:?}", session.gguf_weights).to_lowercase(),
         modes: runs,
         profile: prof,
     })

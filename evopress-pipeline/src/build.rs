@@ -41,7 +41,7 @@ pub fn run_build(
     let (kind, dir, params) = cfg.parts()?;
     let method = find_database_method(methods, &kind)?;
     let _lock = DirLock::acquire(&dir, "building a database")?;
-    let session = Session::open(&cfg.model.path, dev, quiet)?;
+    let session = Session::open(&cfg.model, dev, quiet)?;
     let model = &session.loaded.model;
     let bar = progress::spinner("tokenizing calibration files", quiet);
     let windows = cfg.calibration.windows(session.loaded.tokenizer()?)?;

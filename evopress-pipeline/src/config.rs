@@ -35,6 +35,23 @@ pub struct RunConfig {
 pub struct ModelSection {
     /// A `.gguf` file or an HF directory.
     pub path: PathBuf,
+    /// What a GGUF's block-format tensors (`Q4_1`, `Q4_K`, ...) become in memory. Packed and
+    /// f32 give bit-identical logits; f32 multiplies faster (no per-tile decoding) at 4 bytes
+    /// per weight, which is what a search's thousands of forwards want on a model that fits.
+    #[serde(default)]
+    pub weights: ModelWeights,
+}
+
+/// `[model] weights`: `auto` (the default: f32 when the decoded tensors take at most a quarter
+/// of the memory available, else packed), `packed`, `f32` or `f16` (rounded, not exact).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelWeights {
+    #[default]
+    Auto,
+    Packed,
+    F32,
+    F16,
 }
 
 /// Calibration text: files (glob patterns allowed) cut into windows.

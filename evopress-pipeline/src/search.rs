@@ -153,7 +153,7 @@ pub fn run_search(
     let _lock = DirLock::acquire(&out, "searching")?;
     prepare_output(&out, opts)?;
 
-    let session = Session::open(&cfg.model.path, dev, opts.quiet)?;
+    let session = Session::open(&cfg.model, dev, opts.quiet)?;
     let model = &session.loaded.model;
     let backend = method.open(&section, model)?;
     let held_out = session.held_out_windows(&cfg.eval)?;

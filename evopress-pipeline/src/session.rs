@@ -1,11 +1,12 @@
 //! A loaded model with the data a run needs: calibration windows and the dense targets on
 //! them (memory checked first), and held-out perplexity of any candidate.
 
-use crate::config::{CalibrationSection, EvalSection, FitnessSection};
+use crate::config::{CalibrationSection, EvalSection, FitnessSection, ModelSection, ModelWeights};
 use crate::progress;
 use evopress_core::data::{self, NllSum};
 use evopress_core::evaluate::Calibration;
-use evopress_core::{load_model, Candidate, Error, LoadedModel, Result};
+use evopress_core::gguf::{GgufFile, GgufWeights};
+use evopress_core::{load_model_with, Candidate, Error, LoadOptions, LoadedModel, Result};
 use evopress_kernels::Device;
 use std::path::Path;
 
@@ -16,14 +17,23 @@ pub struct Session<'d> {
     pub loaded: LoadedModel,
     pub dev: &'d dyn Device,
     pub quiet: bool,
+    /// What the model's GGUF block-format tensors were loaded as (`[model] weights` resolved).
+    pub gguf_weights: GgufWeights,
 }
 
 impl<'d> Session<'d> {
-    pub fn open(path: &Path, dev: &'d dyn Device, quiet: bool) -> Result<Self> {
+    pub fn open(model: &ModelSection, dev: &'d dyn Device, quiet: bool) -> Result<Self> {
+        let path = &model.path;
+        let gguf_weights = gguf_weights(path, model.weights)?;
         let bar = progress::spinner(&format!("loading {}", path.display()), quiet);
-        let loaded = load_model(path)?;
+        let loaded = load_model_with(path, LoadOptions { gguf_weights })?;
         bar.finish_and_clear();
-        Ok(Session { loaded, dev, quiet })
+        Ok(Session {
+            loaded,
+            dev,
+            quiet,
+            gguf_weights,
+        })
     }
 
     /// The calibration windows and the dense model's targets on them.
@@ -84,4 +94,29 @@ impl<'d> Session<'d> {
         }
         Ok(sum)
     }
+}
+
+/// What `[model] weights` means for the file at `path` (an HF directory ignores it).
+fn gguf_weights(path: &Path, choice: ModelWeights) -> Result<GgufWeights> {
+    Ok(match choice {
+        ModelWeights::Packed => GgufWeights::Packed,
+        ModelWeights::F32 => GgufWeights::F32,
+        ModelWeights::F16 => GgufWeights::F16,
+        ModelWeights::Auto if path.is_dir() => GgufWeights::Packed,
+        ModelWeights::Auto => {
+            let decoded = GgufFile::open(path)?.decoded_f32_bytes();
+            match available_memory() {
+                Some(free) if decoded <= free / 4 => GgufWeights::F32,
+                _ => GgufWeights::Packed,
+            }
+        }
+    })
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes; `None` where there is no such file.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

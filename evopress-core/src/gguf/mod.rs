@@ -138,6 +138,16 @@ impl GgufFile {
         &self.tensors
     }
 
+    /// Bytes the tensors held in llama.cpp block formats take once decoded to f32: what
+    /// loading with [`GgufWeights::F32`] adds to memory over [`GgufWeights::Packed`].
+    pub fn decoded_f32_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .filter(|t| !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
+            .map(|t| 4 * t.numel())
+            .sum()
+    }
+
     /// A tensor's encoded bytes as stored (any ggml type), for writers that copy tensors
     /// unchanged. Opening checked that they lie inside the file.
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
