@@ -188,7 +188,12 @@ fn sparse_export_with_q8_0_dense_is_q8_0_within_its_rounding_and_smaller_than_f1
     let new = (exported.model)
         .generate(&Cpu, &prompt_ids, 8, eos, &full)
         .unwrap();
-    let join = |v: &[u32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ");
+    let join = |v: &[u32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     run_check(
         &py,
         &[
