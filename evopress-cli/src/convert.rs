@@ -6,7 +6,7 @@ use crate::configs::ConfigArgs;
 use anyhow::{bail, Context, Result};
 use evopress_core::units::linear_units;
 use evopress_core::{Model, ModelSource};
-use evopress_export::gguf::{GgufOptions, GgufQuant};
+use evopress_export::gguf::{DenseType, GgufOptions, GgufQuant};
 use evopress_export::gptq::{GptqFormat, GptqOptions};
 use evopress_export::hf::{HfOptions, SparseFormat};
 use evopress_kernels::DType;
@@ -31,8 +31,8 @@ pub struct Args {
     #[arg(long)]
     format: Option<String>,
     /// Element type of dense weights (hf, and re-encoded dense tensors of gguf). f32 keeps
-    /// dequantized GGUF weights exact.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    /// dequantized GGUF weights exact; q8_0 (gguf only) halves F16's size.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "q8_0"])]
     dtype: String,
     #[command(flatten)]
     configs: ConfigArgs,
@@ -46,6 +46,9 @@ pub fn run(a: Args) -> Result<()> {
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
+    if a.dtype == "q8_0" && a.to != "gguf" {
+        bail!("--dtype q8_0 is a GGUF type: use it with --to gguf");
+    }
     let model = Model::from_source(src.config()?, src.tensors())?;
     let (candidate, compressed) = a.configs.configs().apply(&model)?;
     for line in &compressed.summary {
@@ -68,10 +71,11 @@ pub fn run(a: Args) -> Result<()> {
                 "exact" => GgufQuant::Exact,
                 other => bail!("--format {other}: gguf formats are compact, exact"),
             };
-            let opts = GgufOptions {
-                dense: dtype,
-                quant,
+            let dense = match a.dtype.as_str() {
+                "q8_0" => DenseType::Q8_0,
+                _ => DenseType::Float(dtype),
             };
+            let opts = GgufOptions { dense, quant };
             evopress_export::gguf::write_gguf(&candidate, &src, &a.out, &opts, HashMap::new())
         }
         _ => {

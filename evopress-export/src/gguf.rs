@@ -6,7 +6,9 @@
 //!   they are; the block minimum `−zero·scale` rounded to f16, reported) and wider ones in
 //!   `Q8_0` (exact); [`GgufQuant::Exact`] puts every width in `Q8_0`. Layers with no block form
 //!   (act-order, groups that are not whole 32-blocks) are written dense, reported;
-//! - sparse layers: dense (GGUF has no sparse type), in the chosen dense type;
+//! - sparse layers: dense (GGUF has no sparse type), in the chosen [`DenseType`]: a float
+//!   type, or `Q8_0` encoded by llama.cpp's reference quantizer (rows that are not whole
+//!   32-blocks fall back to F16, reported by tensor name);
 //! - any tensor can instead be handed over already encoded in any ggml type
 //!   ([`Encoded`]), e.g. by a ggml quantizer;
 //! - a linear, the embedding or the head that the candidate holds in ggml blocks other than
@@ -25,6 +27,7 @@ use crate::report::ExportReport;
 use crate::st::float_bytes;
 use evopress_core::gguf::{hf_name, unpermuted_source_row, GgmlType, GgufWriter, MetaValue};
 use evopress_core::{Candidate, Error, LinearKind, ModelSource, Result};
+use evopress_kernels::weight::ggml::encode_rows;
 use evopress_kernels::{DType, Weight};
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,11 +41,29 @@ pub enum GgufQuant {
     Exact,
 }
 
+/// The type linears written dense take (sparse layers, layers with no block form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseType {
+    /// A float type: the values up to its rounding.
+    Float(DType),
+    /// `Q8_0` (8.5 bits per weight, half of F16): llama.cpp's reference quantizer, so the
+    /// file holds what `llama-quantize` would write for these values. Needs rows of whole
+    /// 32-blocks; other rows are written F16.
+    Q8_0,
+}
+
+impl DenseType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DenseType::Float(d) => d.name(),
+            DenseType::Q8_0 => "Q8_0",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct GgufOptions {
-    /// Type of re-encoded dense tensors (sparse layers, layers with no block form): F32, F16
-    /// or BF16.
-    pub dense: DType,
+    pub dense: DenseType,
     pub quant: GgufQuant,
 }
 
@@ -222,10 +243,7 @@ pub fn write_gguf(
             LinearData::Masked(_) | LinearData::Dense(_) => {
                 stats.sparse_dense += 1;
                 let values = data.to_f32(rows, cols);
-                (
-                    dense_type(opts.dense),
-                    permuted_dense(&values, cols, &order, opts.dense),
-                )
+                dense_tensor(&values, cols, &order, opts.dense, &out_name, &mut stats)?
             }
             LinearData::Packed(m) => {
                 let compact = opts.quant == GgufQuant::Compact && m.bits() <= 4;
@@ -247,10 +265,7 @@ pub fn write_gguf(
                                 .packed_dense
                                 .push(format!("{out_name} ({}-bit: {why})", m.bits()));
                             let values = data.to_f32(rows, cols);
-                            (
-                                dense_type(opts.dense),
-                                permuted_dense(&values, cols, &order, opts.dense),
-                            )
+                            dense_tensor(&values, cols, &order, opts.dense, &out_name, &mut stats)?
                         }
                     },
                 }
@@ -284,10 +299,12 @@ struct Stats {
     given: usize,
     /// Tensors written from the ggml blocks the candidate holds (other than the source's).
     ggml: usize,
+    /// Tensors meant for `Q8_0` written F16: their rows are not whole blocks.
+    q8_0_fallback: Vec<String>,
 }
 
 impl Stats {
-    fn lines(&self, dense: DType) -> Vec<String> {
+    fn lines(&self, dense: DenseType) -> Vec<String> {
         let mut out = vec![format!(
             "linear layers: {} copied from the source, {} quantized in Q8_0 (exact), {} in Q4_1, \
              {} sparse written dense {}, {} of dropped sub-blocks as zero Q4_0, {} given encoded",
@@ -312,6 +329,14 @@ impl Stats {
                  where it is not exact; largest shift {:.2e} of a quantization step (all \
                  weights of such a block move by it)",
                 self.q4_1_inexact, self.q4_1, self.q4_1_worst
+            ));
+        }
+        if !self.q8_0_fallback.is_empty() {
+            out.push(format!(
+                "{} tensors written F16 instead of Q8_0 (rows are not whole blocks of {}): {}",
+                self.q8_0_fallback.len(),
+                ggml_blocks::QK,
+                self.q8_0_fallback.join("; ")
             ));
         }
         if !self.packed_dense.is_empty() {
@@ -380,7 +405,7 @@ fn ggml_rows(parts: &[&Weight], rows: usize, order: &[usize]) -> Option<(GgmlTyp
     Some((m.ty(), permuted.blocks().as_slice().to_vec()))
 }
 
-fn dense_type(d: DType) -> GgmlType {
+fn float_type(d: DType) -> GgmlType {
     match d {
         DType::F32 => GgmlType::F32,
         DType::F16 => GgmlType::F16,
@@ -388,13 +413,33 @@ fn dense_type(d: DType) -> GgmlType {
     }
 }
 
-/// `values` (`[rows, cols]`) with rows in `order`, as bytes of `dtype`.
-fn permuted_dense(values: &[f32], cols: usize, order: &[usize], dtype: DType) -> Vec<u8> {
+/// `values` (`[rows, cols]`) with rows in `order`, encoded as `dense`: the tensor's type and
+/// bytes. A `Q8_0` tensor whose rows are not whole blocks is written F16 and named in `stats`.
+fn dense_tensor(
+    values: &[f32],
+    cols: usize,
+    order: &[usize],
+    dense: DenseType,
+    name: &str,
+    stats: &mut Stats,
+) -> Result<(GgmlType, Vec<u8>)> {
     let mut rows = Vec::with_capacity(values.len());
     for &r in order {
         rows.extend_from_slice(&values[r * cols..(r + 1) * cols]);
     }
-    float_bytes(&rows, dtype)
+    let dtype = match dense {
+        DenseType::Float(d) => d,
+        DenseType::Q8_0 if cols.is_multiple_of(ggml_blocks::QK) => {
+            let bytes = encode_rows(GgmlType::Q8_0, &rows, cols, None)
+                .map_err(|e| Error::Invalid(format!("encoding `{name}` as Q8_0: {e}")))?;
+            return Ok((GgmlType::Q8_0, bytes));
+        }
+        DenseType::Q8_0 => {
+            stats.q8_0_fallback.push(format!("{name} ({cols} columns)"));
+            DType::F16
+        }
+    };
+    Ok((float_type(dtype), float_bytes(&rows, dtype)))
 }
 
 #[cfg(test)]
@@ -407,6 +452,24 @@ mod tests {
         // llama.cpp interleaves them as 0,2,1,3.
         assert_eq!(row_order(4, Some(1)), [0, 2, 1, 3]);
         assert_eq!(row_order(3, None), [0, 1, 2]);
+    }
+
+    #[test]
+    fn q8_0_dense_rows_that_are_not_whole_blocks_fall_back_to_f16_by_name() {
+        let values: Vec<f32> = (0..2 * 48).map(|i| i as f32 / 7.0).collect();
+        let mut stats = Stats::default();
+        let (ty, bytes) =
+            dense_tensor(&values, 48, &[1, 0], DenseType::Q8_0, "blk.0.x", &mut stats).unwrap();
+        assert_eq!((ty, bytes.len()), (GgmlType::F16, 2 * 48 * 2));
+        assert_eq!(&bytes[..2], &half::f16::from_f32(48.0 / 7.0).to_le_bytes());
+        let line = stats.lines(DenseType::Q8_0).join("\n");
+        assert!(line.contains("blk.0.x (48 columns)"), "{line}");
+
+        let (ty, bytes) =
+            dense_tensor(&values[..64], 32, &[1, 0], DenseType::Q8_0, "y", &mut stats).unwrap();
+        assert_eq!(ty, GgmlType::Q8_0);
+        let back = evopress_kernels::weight::ggml::decode_rows(ty, &bytes, 32).unwrap();
+        assert!((back[0] - 32.0 / 7.0).abs() < 0.6 * (63.0 / 7.0) / 127.0);
     }
 
     #[test]

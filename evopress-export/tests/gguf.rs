@@ -1,21 +1,22 @@
 //! GGUF exports of the demo model: quantized layers in Q8_0 are our weights bit for bit (read
 //! back by evopress's GGUF loader, which also undoes llama.cpp's q/k row order), Q4_1 is
 //! close, removed blocks shorten the file, a dropped attention makes it a `deci` model, and
-//! tensors can be handed over already encoded. With EVOPRESS_CHECK_PYTHON, llama.cpp
+//! tensors can be handed over already encoded; sparse layers written dense in Q8_0 are within
+//! its rounding and half the size of F16. With EVOPRESS_CHECK_PYTHON, llama.cpp
 //! (xllamacpp) generates the same tokens as evopress.
 
 mod common;
 
 use common::*;
 use evopress_core::gguf::{GgmlType, GgufFile, MetaValue};
-use evopress_core::{load_model, Candidate, ModelSource};
-use evopress_export::gguf::{write_gguf, Encoded, GgufOptions, GgufQuant};
+use evopress_core::{load_model, BlockPlan, Candidate, LinearKind, ModelSource};
+use evopress_export::gguf::{write_gguf, DenseType, Encoded, GgufOptions, GgufQuant};
 use evopress_kernels::cpu::Cpu;
 use evopress_kernels::DType;
 use std::collections::HashMap;
 
 const EXACT: GgufOptions = GgufOptions {
-    dense: DType::F16,
+    dense: DenseType::Float(DType::F16),
     quant: GgufQuant::Exact,
 };
 
@@ -62,7 +63,7 @@ fn q4_1_export_moves_weights_by_at_most_the_reported_minimum_rounding() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q41.gguf");
     let opts = GgufOptions {
-        dense: DType::F16,
+        dense: DenseType::Float(DType::F16),
         quant: GgufQuant::Compact,
     };
     let report = write_gguf(&candidate, &src, &path, &opts, HashMap::new()).unwrap();
@@ -93,6 +94,119 @@ fn q4_1_export_moves_weights_by_at_most_the_reported_minimum_rounding() {
         perplexity(&candidate, &ids),
     );
     assert!((got - want).abs() <= 1e-3 * want, "{got} vs {want}");
+}
+
+#[test]
+fn sparse_export_with_q8_0_dense_is_q8_0_within_its_rounding_and_smaller_than_f16() {
+    let loaded = demo();
+    let model = sparse(&loaded.model, 0.5);
+    let candidate = Candidate::dense(&model);
+    let src = ModelSource::open(&demo_path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, dense: DenseType| {
+        let path = dir.path().join(name);
+        let opts = GgufOptions {
+            dense,
+            quant: GgufQuant::Exact,
+        };
+        let report = write_gguf(&candidate, &src, &path, &opts, HashMap::new()).unwrap();
+        (path, report)
+    };
+    let (q8, report) = write("sparse-q8_0.gguf", DenseType::Q8_0);
+    let (f16, f16_report) = write("sparse-f16.gguf", DenseType::Float(DType::F16));
+    for line in report.lines() {
+        println!("{line}");
+    }
+    assert!(
+        (report.notes.iter()).any(|n| n.contains("210 sparse written dense Q8_0")),
+        "{:?}",
+        report.notes
+    );
+    let g = GgufFile::open(&q8).unwrap();
+    let linear = |n: &str| n.starts_with("blk.") && (n.contains(".attn_") || n.contains(".ffn_"));
+    let linears: Vec<_> = (g.tensors().iter())
+        .filter(|t| linear(&t.name) && t.name.ends_with(".weight") && !t.name.contains("norm"))
+        .collect();
+    assert_eq!(linears.len(), 210);
+    assert!(
+        linears.iter().all(|t| t.ggml_type == GgmlType::Q8_0),
+        "{:?}",
+        (linears.iter())
+            .map(|t| (&t.name, t.ggml_type))
+            .collect::<Vec<_>>()
+    );
+    let (q8_size, f16_size) = (
+        std::fs::metadata(&q8).unwrap().len(),
+        std::fs::metadata(&f16).unwrap().len(),
+    );
+    println!(
+        "file bytes: Q8_0 {q8_size}, F16 {f16_size}; linear bytes {} vs {}",
+        report.linear_bytes, f16_report.linear_bytes
+    );
+    // 34 bytes per 32 weights against 64.
+    assert_eq!(report.linear_bytes * 64, f16_report.linear_bytes * 34);
+    assert!(q8_size < f16_size);
+
+    // Read back (the loader undoes llama.cpp's q/k row order): each weight is within Q8_0's
+    // rounding of its block (half a step d = amax/127, plus d's rounding to f16), and pruned
+    // weights stay exactly zero.
+    let exported = load_model(&q8).unwrap();
+    for b in 0..model.layers.len() {
+        for kind in LinearKind::ALL {
+            let got = exported.model.linear(b, kind).weight.to_f32_vec();
+            let want = model.linear(b, kind).weight.to_f32_vec();
+            assert_eq!(got.len(), want.len());
+            for (bi, (g, w)) in got.chunks(32).zip(want.chunks(32)).enumerate() {
+                let d = w.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                for (j, (&x, &y)) in g.iter().zip(w).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 0.57 * d && (y != 0.0 || x == 0.0),
+                        "block {b} {kind:?} element {}: {x} vs {y} (step {d})",
+                        bi * 32 + j
+                    );
+                }
+            }
+        }
+    }
+    let ids = tokens(&loaded, 128);
+    let (got, want) = (
+        perplexity(&Candidate::dense(&exported.model), &ids),
+        perplexity(&candidate, &ids),
+    );
+    println!("perplexity: Q8_0 export {got:.4}, sparse candidate {want:.4}");
+    assert!((got - want).abs() <= 1e-2 * want, "{got} vs {want}");
+
+    let Some(py) = python("llama.cpp") else {
+        return;
+    };
+    // llama.cpp loads the Q8_0 file and greedily continues a prompt as evopress does on the
+    // same file.
+    let prompt = "The history of the United States";
+    let prompt_ids = exported.tokenizer().unwrap().encode(prompt).unwrap();
+    let full = vec![BlockPlan::FULL; exported.model.layers.len()];
+    let eos = exported.model.config.eos_token_id;
+    let new = (exported.model)
+        .generate(&Cpu, &prompt_ids, 8, eos, &full)
+        .unwrap();
+    let join = |v: &[u32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    run_check(
+        &py,
+        &[
+            "gguf",
+            q8.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--expect-tokens",
+            &join(&prompt_ids),
+            "--expect-top1",
+            &join(&new),
+        ],
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use evopress_core::fitness::FitnessKind;
 use evopress_core::gguf::{GgmlType, GgufFile};
 use evopress_core::CompressionBackend;
 use evopress_core::{load_model, Method, ModelSource};
-use evopress_export::gguf::{write_gguf, GgufOptions, GgufQuant};
+use evopress_export::gguf::{write_gguf, DenseType, GgufOptions, GgufQuant};
 use evopress_gguf::{GgufBackend, Preset, CONFIG_FILE, GGUF};
 use evopress_kernels::cpu::Cpu;
 use evopress_kernels::DType;
@@ -254,7 +254,7 @@ dir = "{out}"
     let src = ModelSource::open(&model_path()).unwrap();
     let path = dir.path().join("searched.gguf");
     let opts = GgufOptions {
-        dense: DType::F16,
+        dense: DenseType::Float(DType::F16),
         quant: GgufQuant::Compact,
     };
     write_gguf(&candidate, &src, &path, &opts, HashMap::new()).unwrap();
