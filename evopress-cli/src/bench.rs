@@ -61,14 +61,6 @@ pub fn parse_gguf_weights(s: &str) -> Result<GgufWeights, String> {
         .ok_or_else(|| format!("expected one of {}", GgufWeights::NAMES.join(", ")))
 }
 
-fn gguf_weights_name(w: GgufWeights) -> &'static str {
-    match w {
-        GgufWeights::Packed => "packed",
-        GgufWeights::F32 => "f32",
-        GgufWeights::F16 => "f16",
-    }
-}
-
 pub fn run(c: Command, device: Option<&str>) -> Result<()> {
     match c {
         Command::Forward(a) => forward(a),
@@ -204,7 +196,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let variants: Vec<serde_json::Value> = (models.iter().zip(&a.gguf_weights).zip(&medians))
         .map(|((m, &w), &s)| {
             serde_json::json!({
-                "gguf_weights": gguf_weights_name(w), "median_seconds": s,
+                "gguf_weights": w.name(), "median_seconds": s,
                 "tokens_per_second": seq_len as f64 / s, "speed_vs_first": median / s,
                 "weight_bytes": m.weight_bytes(),
             })

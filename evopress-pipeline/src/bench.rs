@@ -107,7 +107,7 @@ pub fn search(
         });
     }
     Ok(SearchBench {
-        weights: format!("{:?}", session.gguf_weights).to_lowercase(),
+        weights: session.gguf_weights.name().into(),
         modes: runs,
         profile: prof,
     })

@@ -48,6 +48,15 @@ pub enum GgufWeights {
 impl GgufWeights {
     pub const NAMES: [&'static str; 3] = ["packed", "f32", "f16"];
 
+    /// The name [`from_name`](Self::from_name) reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufWeights::Packed => "packed",
+            GgufWeights::F32 => "f32",
+            GgufWeights::F16 => "f16",
+        }
+    }
+
     /// `packed`, `f32` or `f16`.
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
