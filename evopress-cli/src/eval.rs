@@ -62,16 +62,18 @@ pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let (sum, kl) = if a.kl_to_dense {
         let bar = progress::bar(windows.len(), "dense windows", a.json);
         let owned = windows.iter().map(|w| w.to_vec()).collect();
-        let reference = DenseReference::new(&loaded.model, dev, owned, |i| {
-            bar.set_position(i as u64)
-        })?;
+        let reference =
+            DenseReference::new(&loaded.model, dev, owned, |i| bar.set_position(i as u64))?;
         bar.finish_and_clear();
         let bar = progress::bar(windows.len(), "windows", a.json);
         let score = reference.score(dev, &candidate.model, &candidate.plan, |i| {
             bar.set_position(i as u64)
         })?;
         bar.finish_and_clear();
-        (score.nll, Some((score.kl(), reference.dense_nll().perplexity())))
+        (
+            score.nll,
+            Some((score.kl(), reference.dense_nll().perplexity())),
+        )
     } else {
         let bar = progress::bar(windows.len(), "windows", a.json);
         let sum = data::perplexity(&candidate.model, dev, &windows, &candidate.plan, |i| {

@@ -11,7 +11,11 @@ use evopress_kernels::cpu::Cpu;
 
 /// Two windows of 200 tokens (more than one 128-row chunk of the LM head each).
 fn windows(tokens: &[u32]) -> Vec<Vec<u32>> {
-    tokens.chunks_exact(200).take(2).map(<[u32]>::to_vec).collect()
+    tokens
+        .chunks_exact(200)
+        .take(2)
+        .map(<[u32]>::to_vec)
+        .collect()
 }
 
 /// Σ over rows of KL(softmax(p) || softmax(q)) and Σ −log softmax(q)[next], in f64.
@@ -25,7 +29,11 @@ fn plain_kl_and_nll(p: &[f32], q: &[f32], vocab: usize, next: &[u32]) -> (f64, f
     for (r, &t) in next.iter().enumerate() {
         let lp = log_softmax(&p[r * vocab..(r + 1) * vocab]);
         let lq = log_softmax(&q[r * vocab..(r + 1) * vocab]);
-        kl += lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+        kl += lp
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
         nll -= lq[t as usize];
     }
     (kl, nll)
@@ -76,14 +84,21 @@ fn kl_is_zero_for_the_dense_model_and_exact_for_a_pruned_one() {
     }
     let (kl, nll) = (kl / tokens as f64, nll / tokens as f64);
     assert_eq!(score.nll.tokens, tokens);
-    assert!(score.kl() > 1e-3, "a pruned block changes the outputs: {}", score.kl());
+    assert!(
+        score.kl() > 1e-3,
+        "a pruned block changes the outputs: {}",
+        score.kl()
+    );
     assert!(
         (score.kl() - kl).abs() <= 1e-5 * kl,
         "KL {} vs plain {kl}",
         score.kl()
     );
     let mean_nll = score.nll.nll / tokens as f64;
-    assert!((mean_nll - nll).abs() <= 1e-6 * nll, "NLL {mean_nll} vs plain {nll}");
+    assert!(
+        (mean_nll - nll).abs() <= 1e-6 * nll,
+        "NLL {mean_nll} vs plain {nll}"
+    );
 }
 
 #[test]

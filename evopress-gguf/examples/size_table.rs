@@ -104,7 +104,11 @@ fn main() -> Result<()> {
         bail!("usage: size_table --model GGUF --overhead BYTES --svg STEM RUN_DIR...");
     };
     let overhead: u64 = overhead;
-    let elements: u64 = GgufFile::open(&model)?.tensors().iter().map(|t| t.numel()).sum();
+    let elements: u64 = GgufFile::open(&model)?
+        .tensors()
+        .iter()
+        .map(|t| t.numel())
+        .sum();
 
     let mut rows: Vec<Row> = Vec::new();
     let mut dense = None;
@@ -145,7 +149,11 @@ fn main() -> Result<()> {
     }
 
     for (metric, y_label, y) in [
-        ("perplexity", "held-out perplexity", (|r: &Row| r.perplexity) as fn(&Row) -> f64),
+        (
+            "perplexity",
+            "held-out perplexity",
+            (|r: &Row| r.perplexity) as fn(&Row) -> f64,
+        ),
         ("kl", "held-out KL to dense (nats/token)", |r: &Row| r.kl),
     ] {
         let points = |search: bool| {

@@ -5,8 +5,8 @@
 use crate::config::{CalibrationSection, EvalSection, FitnessSection};
 use crate::progress;
 use evopress_core::data;
-use evopress_core::held_out::{DenseReference, HeldOutScore};
 use evopress_core::evaluate::Calibration;
+use evopress_core::held_out::{DenseReference, HeldOutScore};
 use evopress_core::{load_model, Candidate, Error, LoadedModel, Result};
 use evopress_kernels::Device;
 use std::path::Path;
