@@ -12,11 +12,12 @@
 //! (`evopress baseline`). A GGUF file's size is its searched tensors' bytes plus `--overhead`,
 //! the bytes nothing searched changes (the F32 norms, metadata, alignment padding), measured
 //! once as a converted file's size minus its tensor bytes. Bits per weight are counted as
-//! llama.cpp prints them: the file's bits over every tensor's elements in `--model`. Prints
-//! a Markdown table; writes `<svg>-perplexity.svg` and `<svg>-kl.svg`.
+//! llama.cpp prints them: every tensor's data bits (the searched ones plus the F32 norms,
+//! which are `--model`'s F32 tensors) over every tensor's elements, metadata left out.
+//! Prints a Markdown table; writes `<svg>-perplexity.svg` and `<svg>-kl.svg`.
 
 use anyhow::{bail, Context, Result};
-use evopress_core::gguf::GgufFile;
+use evopress_core::gguf::{GgmlType, GgufFile};
 use evopress_pipeline::plot::{points_svg, Series};
 use evopress_pipeline::{BaselineRow, ResultFile};
 use std::path::{Path, PathBuf};
@@ -104,11 +105,16 @@ fn main() -> Result<()> {
         bail!("usage: size_table --model GGUF --overhead BYTES --svg STEM RUN_DIR...");
     };
     let overhead: u64 = overhead;
-    let elements: u64 = GgufFile::open(&model)?
-        .tensors()
-        .iter()
-        .map(|t| t.numel())
-        .sum();
+    let source = GgufFile::open(&model)?;
+    let tensors = source.tensors();
+    let elements: u64 = tensors.iter().map(|t| t.numel()).sum();
+    let data_bytes = |keep: &dyn Fn(GgmlType) -> bool| -> Result<u64> {
+        (tensors.iter().filter(|t| keep(t.ggml_type)))
+            .map(|t| t.n_bytes().with_context(|| format!("tensor {}: size", t.name)))
+            .sum()
+    };
+    let norms = data_bytes(&|t| t == GgmlType::F32)?;
+    let bpw = |tensor_bytes: u64| tensor_bytes as f64 * 8.0 / elements as f64;
 
     let mut rows: Vec<Row> = Vec::new();
     let mut dense = None;
@@ -131,8 +137,8 @@ fn main() -> Result<()> {
     if let Some(d) = dense {
         let size = std::fs::metadata(&model)?.len();
         println!(
-            "| source (Q4_1, the dense reference) | | {size} | {:.3} | {d:.3} | 0 |",
-            size as f64 * 8.0 / elements as f64
+            "| source file (the dense reference) | | {size} | {:.3} | {d:.3} | 0 |",
+            bpw(data_bytes(&|_| true)?)
         );
     }
     for r in &rows {
@@ -142,7 +148,7 @@ fn main() -> Result<()> {
             "| {} | {} | {file} | {:.3} | {} | {} |",
             bold(r.label.clone()),
             r.tensor_bytes,
-            file as f64 * 8.0 / elements as f64,
+            bpw(r.tensor_bytes + norms),
             bold(format!("{:.3}", r.perplexity)),
             bold(format!("{:.5}", r.kl)),
         );
@@ -161,7 +167,7 @@ fn main() -> Result<()> {
                 .map(|r| (r.label.clone(), mb(r), y(r)))
                 .collect()
         };
-        let series = [
+        let mut series = vec![
             Series {
                 name: "llama.cpp presets".into(),
                 points: points(false),
@@ -173,6 +179,15 @@ fn main() -> Result<()> {
                 joined: false,
             },
         ];
+        if let Some(d) = dense {
+            let size = std::fs::metadata(&model)?.len() as f64 / 1e6;
+            let y = if metric == "kl" { 0.0 } else { d };
+            series.push(Series {
+                name: "source file: the dense reference".into(),
+                points: vec![("source".into(), size, y)],
+                joined: false,
+            });
+        }
         let path = PathBuf::from(format!("{svg}-{metric}.svg"));
         points_svg(
             &path,
