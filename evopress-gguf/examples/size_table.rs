@@ -110,7 +110,10 @@ fn main() -> Result<()> {
     let elements: u64 = tensors.iter().map(|t| t.numel()).sum();
     let data_bytes = |keep: &dyn Fn(GgmlType) -> bool| -> Result<u64> {
         (tensors.iter().filter(|t| keep(t.ggml_type)))
-            .map(|t| t.n_bytes().with_context(|| format!("tensor {}: size", t.name)))
+            .map(|t| {
+                t.n_bytes()
+                    .with_context(|| format!("tensor {}: size", t.name))
+            })
             .sum()
     };
     let norms = data_bytes(&|t| t == GgmlType::F32)?;
