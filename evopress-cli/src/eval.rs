@@ -1,9 +1,11 @@
-//! `evopress eval`: perplexity of a model, dense or compressed, on text files.
+//! `evopress eval`: perplexity of a model, dense or compressed, on text files, and optionally
+//! its KL to the model as loaded.
 
 use crate::configs::ConfigArgs;
 use anyhow::{Context, Result};
 use evopress_core::data::{self, TokenizedFile};
 use evopress_core::gguf::GgufWeights;
+use evopress_core::held_out::DenseReference;
 use evopress_core::{load_model_with, LoadOptions};
 use evopress_kernels::Device;
 use evopress_pipeline::progress;
@@ -31,6 +33,10 @@ pub struct Args {
     /// decoded to f32 or f16 at load.
     #[arg(long, default_value = "packed", value_parser = crate::bench::parse_gguf_weights)]
     gguf_weights: GgufWeights,
+    /// Also report the mean per-token KL(dense || model) on the same windows, where dense is
+    /// the model as loaded, before `--*-config` files apply (one extra dense pass per window).
+    #[arg(long)]
+    kl_to_dense: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -52,12 +58,30 @@ pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
     let seq_len = a.seq_len as usize;
     let windows = data::windows(&files, seq_len, a.windows.map(NonZeroUsize::get))?;
     let (candidate, report) = a.configs.configs().apply(&loaded.model)?;
-    let bar = progress::bar(windows.len(), "windows", a.json);
     let t1 = Instant::now();
-    let sum = data::perplexity(&candidate.model, dev, &windows, &candidate.plan, |i| {
-        bar.set_position(i as u64)
-    })?;
-    bar.finish_and_clear();
+    let (sum, kl) = if a.kl_to_dense {
+        let bar = progress::bar(windows.len(), "dense windows", a.json);
+        let owned = windows.iter().map(|w| w.to_vec()).collect();
+        let reference =
+            DenseReference::new(&loaded.model, dev, owned, |i| bar.set_position(i as u64))?;
+        bar.finish_and_clear();
+        let bar = progress::bar(windows.len(), "windows", a.json);
+        let score = reference.score(dev, &candidate.model, &candidate.plan, |i| {
+            bar.set_position(i as u64)
+        })?;
+        bar.finish_and_clear();
+        (
+            score.nll,
+            Some((score.kl(), reference.dense_nll().perplexity())),
+        )
+    } else {
+        let bar = progress::bar(windows.len(), "windows", a.json);
+        let sum = data::perplexity(&candidate.model, dev, &windows, &candidate.plan, |i| {
+            bar.set_position(i as u64)
+        })?;
+        bar.finish_and_clear();
+        (sum, None)
+    };
     let seconds = t1.elapsed().as_secs_f64();
     anyhow::ensure!(
         sum.perplexity().is_finite(),
@@ -78,6 +102,10 @@ pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
             "load_seconds": (t1 - t0).as_secs_f64(),
             "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
         });
+        if let (Some(o), Some((kl, dense))) = (out.as_object_mut(), kl) {
+            o.insert("kl_to_dense".into(), kl.into());
+            o.insert("dense_perplexity".into(), dense.into());
+        }
         let fields = serde_json::to_value(&report.fields)?;
         if let (Some(o), serde_json::Value::Object(f)) = (out.as_object_mut(), fields) {
             o.extend(f);
@@ -91,6 +119,9 @@ pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
             windows.len(),
             seconds
         );
+        if let Some((kl, dense)) = kl {
+            println!("KL to the dense model {kl:.6} nats/token (dense perplexity {dense:.4})");
+        }
         for line in &report.summary {
             println!("{line}");
         }

@@ -61,24 +61,30 @@ pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
         );
     }
     println!(
-        "held-out perplexity: dense {:.4} -> compressed {:.4} ({} tokens)",
-        r.held_out.dense_perplexity, r.held_out.compressed_perplexity, r.held_out.tokens_scored
+        "held-out perplexity: dense {:.4} -> compressed {:.4}, KL to dense {:.5} ({} tokens)",
+        r.held_out.dense_perplexity,
+        r.held_out.compressed_perplexity,
+        r.held_out.compressed_kl,
+        r.held_out.tokens_scored
     );
     for (key, value) in &r.report {
         println!("  {key} = {value}");
     }
     if !r.baselines.is_empty() {
-        println!("baselines on the same held-out text:");
+        println!("baselines on the same held-out text (perplexity, KL to dense):");
         for b in &r.baselines {
-            let verdict = match (b.same_as_search, b.search_beats) {
-                (true, _) => "the search's own choice",
-                (false, Some(true)) => "search beats it",
-                (false, Some(false)) => "search does NOT beat it",
-                (false, None) => "",
+            let verdict = match (b.same_as_search, b.search_beats, b.search_beats_kl) {
+                (true, _, _) => "the search's own choice",
+                (false, Some(true), Some(true)) => "search beats it on both",
+                (false, Some(true), _) => "search beats it on perplexity only",
+                (false, _, Some(true)) => "search beats it on KL only",
+                (false, _, _) => "search does NOT beat it",
             };
             println!(
-                "  {:<16} {:>10.4}  {verdict}",
-                b.name, b.held_out_perplexity
+                "  {:<16} {:>10.4} {:>9.5}  {verdict}",
+                b.name,
+                b.held_out_perplexity,
+                b.held_out_kl.unwrap_or(f64::NAN)
             );
         }
     }

@@ -298,6 +298,44 @@ fn unknown_config_key_is_named_with_its_line() {
     );
 }
 
+/// `eval --kl-to-dense`: 0 for the model as loaded; positive for it with sub-blocks dropped,
+/// whose perplexity is the one plain `eval` reports.
+#[test]
+fn eval_reports_kl_to_the_model_as_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let drop = dir.path().join("drop.toml");
+    std::fs::write(&drop, "blocks = 30\nattn = [20]\nmlp = [25]\n").unwrap();
+    let (m, text) = (model().display().to_string(), biden());
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            &m,
+            "--data",
+            &text,
+            "--seq-len",
+            "160",
+            "--windows",
+            "2",
+            "--json",
+        ];
+        args.extend(extra);
+        let v: serde_json::Value = serde_json::from_slice(&ok(&args).stdout).unwrap();
+        v
+    };
+    let dense = eval(&["--kl-to-dense"]);
+    assert_eq!(dense["kl_to_dense"].as_f64(), Some(0.0));
+    assert_eq!(dense["dense_perplexity"], dense["perplexity"]);
+    let drop = drop.to_str().unwrap();
+    let pruned = eval(&["--kl-to-dense", "--drop-config", drop]);
+    let kl = pruned["kl_to_dense"].as_f64().unwrap();
+    assert!(kl > 1e-3 && kl.is_finite(), "{kl}");
+    assert_eq!(pruned["dense_perplexity"], dense["perplexity"]);
+    let plain = eval(&["--drop-config", drop]);
+    assert_eq!(plain["perplexity"], pruned["perplexity"]);
+    assert!(plain.get("kl_to_dense").is_none());
+}
+
 #[test]
 fn drop_config_in_both_formats_and_exported_evaluates_the_same() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@
 //! - [`config`], [`source`], [`hf`], [`gguf`], [`tokenizer`], [`load`]: loading real models;
 //! - [`model`]: the decoder forward pass, written once over [`evopress_kernels::Device`];
 //! - [`data`]: text files to token windows, perplexity;
+//! - [`held_out`]: held-out perplexity and KL to the dense model of any candidate;
 //! - [`calibrate`]: the block-wise calibration engine (Hessians of linear inputs);
 //! - [`hessian`]: dead inputs, damping, the inverse Cholesky factor and the relative layer
 //!   error, shared by every compression method;
@@ -21,6 +22,7 @@ pub mod evaluate;
 pub mod fitness;
 pub mod fsutil;
 pub mod gguf;
+pub mod held_out;
 pub mod hessian;
 pub mod hf;
 pub mod level_config;

@@ -240,6 +240,14 @@ dir = "{out}"
         Some(preset_bytes)
     );
     assert!(r.held_out.compressed_perplexity.is_finite());
+    // The database holds neither Q4_1 nor Q5_1 (the types that hold the Q4_1 source exactly):
+    // every model differs from the dense one, so each held-out KL is positive.
+    assert!(r.held_out.compressed_kl > 0.0 && r.held_out.compressed_kl.is_finite());
+    for row in &r.baselines {
+        let kl = row.held_out_kl.unwrap();
+        assert!(kl > 0.0 && kl.is_finite(), "{}: KL {kl}", row.name);
+        assert_eq!(row.search_beats_kl, Some(r.held_out.compressed_kl < kl));
+    }
 
     // The result file applied as `--gguf-config FILE --database DIR` does, then written as a
     // GGUF: the chosen blocks byte for byte, and llama.cpp's layout read back by our loader

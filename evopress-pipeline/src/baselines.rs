@@ -6,6 +6,7 @@ use crate::progress;
 use crate::session::Session;
 use evopress_core::evaluate::Calibration;
 use evopress_core::fsutil::{write_atomically, DirLock};
+use evopress_core::held_out::{DenseReference, HeldOutScore};
 use evopress_core::method::find_method;
 use evopress_core::{BaselineContext, Candidate, CompressionBackend, Error, Method, Result};
 use evopress_kernels::Device;
@@ -32,11 +33,19 @@ pub struct Computed {
 pub struct BaselineRow {
     pub name: String,
     pub held_out_perplexity: f64,
+    /// Mean per-token KL(dense || baseline) on the held-out windows, in nats (absent from
+    /// rows written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_kl: Option<f64>,
     pub tokens_scored: usize,
     /// Whether the search's result has strictly lower held-out perplexity (absent outside a
     /// search).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search_beats: Option<bool>,
+    /// Whether the search's result has strictly lower held-out KL to the dense model (absent
+    /// outside a search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_beats_kl: Option<bool>,
     /// The baseline chose exactly the search's result.
     #[serde(default)]
     pub same_as_search: bool,
@@ -120,22 +129,22 @@ pub fn load_or_compute(
     Ok(out)
 }
 
-/// Held-out perplexity of each baseline (once per distinct model), compared with the search's
-/// `(genome, perplexity)` when given.
+/// Held-out perplexity and KL to the dense model of each baseline (once per distinct model),
+/// compared with the search's `(genome, score)` when given.
 pub fn score_held_out(
     session: &Session,
     backend: &dyn CompressionBackend,
     computed: &[Computed],
-    held_out: &[Vec<u32>],
-    search: Option<(&Genome, f64)>,
+    reference: &DenseReference,
+    search: Option<(&Genome, &HeldOutScore)>,
 ) -> Result<Vec<BaselineRow>> {
-    let mut scored: Vec<(Genome, f64, usize)> = Vec::new();
+    let mut scored: Vec<(Genome, HeldOutScore)> = Vec::new();
     let mut rows = Vec::with_capacity(computed.len());
     for c in computed {
         let same_as_search = search.is_some_and(|(g, _)| c.genome.as_ref() == Some(g));
         let known = (c.genome.as_ref())
-            .and_then(|g| scored.iter().find(|(s, _, _)| s == g))
-            .map(|(_, ppl, tokens)| (*ppl, *tokens));
+            .and_then(|g| scored.iter().find(|(s, _)| s == g))
+            .map(|(_, score)| *score);
         let (budget, report) = match &c.genome {
             Some(g) => {
                 let candidate = backend.candidate(&session.loaded.model, g)?;
@@ -147,9 +156,9 @@ pub fn score_held_out(
             }
             None => (None, toml::Table::new()),
         };
-        let (ppl, tokens) = match (known, same_as_search, search) {
+        let score = match (known, same_as_search, search) {
             (Some(k), _, _) => k,
-            (None, true, Some((_, ppl))) => (ppl, held_out.iter().map(|w| w.len() - 1).sum()),
+            (None, true, Some((_, score))) => *score,
             _ => {
                 let candidate = match (&c.candidate, &c.genome) {
                     (Some(candidate), _) => candidate.clone(),
@@ -161,19 +170,21 @@ pub fn score_held_out(
                         )))
                     }
                 };
-                let sum =
-                    session.perplexity(&candidate, held_out, &format!("held-out {}", c.name))?;
+                let score =
+                    session.score(reference, &candidate, &format!("held-out {}", c.name))?;
                 if let Some(g) = &c.genome {
-                    scored.push((g.clone(), sum.perplexity(), sum.tokens));
+                    scored.push((g.clone(), score));
                 }
-                (sum.perplexity(), sum.tokens)
+                score
             }
         };
         rows.push(BaselineRow {
             name: c.name.clone(),
-            held_out_perplexity: ppl,
-            tokens_scored: tokens,
-            search_beats: search.map(|(_, s)| s < ppl),
+            held_out_perplexity: score.perplexity(),
+            held_out_kl: Some(score.kl()),
+            tokens_scored: score.nll.tokens,
+            search_beats: search.map(|(_, s)| s.perplexity() < score.perplexity()),
+            search_beats_kl: search.map(|(_, s)| s.kl() < score.kl()),
             same_as_search,
             seconds: c.seconds,
             budget,
@@ -235,6 +246,7 @@ pub fn run_baselines(
         }
     };
     let held_out = session.held_out_windows(&cfg.eval)?;
+    let reference = session.dense_reference(held_out)?;
     let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
     let batch = cfg.baselines.batch(&cal.sample_lens());
     let computed = compute(&session, backend.as_ref(), &cal, &batch, &names)?;
@@ -247,7 +259,7 @@ pub fn run_baselines(
             }
         }
     }
-    let rows = score_held_out(&session, backend.as_ref(), &computed, &held_out, None)?;
+    let rows = score_held_out(&session, backend.as_ref(), &computed, &reference, None)?;
     let path = out.join("baselines.json");
     let mut all: Vec<BaselineRow> = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),

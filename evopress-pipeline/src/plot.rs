@@ -1,6 +1,6 @@
-//! The search's convergence as a standalone SVG (best fitness per generation, the baselines'
-//! fitness as horizontal lines), so a run's directory can be inspected without any plotting
-//! tool.
+//! Standalone SVG plots, so a run can be inspected without any plotting tool: the search's
+//! convergence (best fitness per generation, the baselines' fitness as horizontal lines), and
+//! labelled points against a size (a method's results beside a family of presets).
 
 use evopress_core::fsutil::write_atomically;
 use evopress_core::Result;
@@ -124,4 +124,172 @@ fn render(
     }
     writeln!(svg, "</svg>")?;
     Ok(svg)
+}
+
+/// One set of labelled points on a [`points_svg`] plot.
+pub struct Series {
+    pub name: String,
+    /// `(label, x, y)`; the label is written beside the point.
+    pub points: Vec<(String, f64, f64)>,
+    /// Join the points (in x order) with a line: a family such as llama.cpp's presets.
+    pub joined: bool,
+}
+
+/// Writes a scatter plot of `series` (for example perplexity against file size), each in its
+/// own colour, joined series as lines with dots, the others as large squares, with a legend.
+pub fn points_svg(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    let svg = render_points(title, x_label, y_label, series).expect("writing to a String");
+    write_atomically(path, svg.as_bytes())
+}
+
+/// `(lo, hi)` of `values` widened by 5% on each side (or by 1 when they are all equal).
+fn padded_range(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let lo = values.clone().fold(f64::INFINITY, f64::min);
+    let hi = values.fold(f64::NEG_INFINITY, f64::max);
+    if hi > lo {
+        let pad = 0.05 * (hi - lo);
+        (lo - pad, hi + pad)
+    } else {
+        (lo - 1.0, lo + 1.0)
+    }
+}
+
+fn render_points(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> std::result::Result<String, std::fmt::Error> {
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let (x0, x1) = padded_range(all().map(|p| p.1));
+    let (y0, y1) = padded_range(all().map(|p| p.2));
+    let sx = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - PAD - RIGHT);
+    let sy = |y: f64| H - PAD - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
+
+    let mut svg = String::new();
+    writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    )?;
+    writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
+    writeln!(
+        svg,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#,
+        (W - RIGHT + PAD) / 2.0
+    )?;
+    writeln!(
+        svg,
+        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
+        b = H - PAD,
+        r = W - RIGHT
+    )?;
+    for i in 0..=4 {
+        let (x, y) = (
+            x0 + (x1 - x0) * i as f64 / 4.0,
+            y0 + (y1 - y0) * i as f64 / 4.0,
+        );
+        writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x:.1}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{y:.3}</text>"#,
+            sx(x),
+            H - PAD + 18.0,
+            PAD - 6.0,
+            sy(y) + 4.0
+        )?;
+    }
+    writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
+        (W - RIGHT + PAD) / 2.0,
+        H - 15.0
+    )?;
+    writeln!(
+        svg,
+        r#"<text x="16" y="{c}" text-anchor="middle" transform="rotate(-90 16 {c})">{y_label}</text>"#,
+        c = H / 2.0
+    )?;
+    for (i, s) in series.iter().enumerate() {
+        let colour = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"][i % 5];
+        let mut pts: Vec<&(String, f64, f64)> = s.points.iter().collect();
+        pts.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if s.joined {
+            let line: Vec<String> = (pts.iter())
+                .map(|p| format!("{:.1},{:.1}", sx(p.1), sy(p.2)))
+                .collect();
+            writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+                line.join(" ")
+            )?;
+        }
+        for (label, x, y) in pts {
+            let (cx, cy) = (sx(*x), sy(*y));
+            if s.joined {
+                writeln!(
+                    svg,
+                    r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="3.5" fill="{colour}"/>"#
+                )?;
+            } else {
+                writeln!(
+                    svg,
+                    r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{colour}"/>"#,
+                    cx - 5.0,
+                    cy - 5.0
+                )?;
+            }
+            writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" fill="{colour}" font-size="10">{label}</text>"#,
+                cx + 7.0,
+                cy - 7.0
+            )?;
+        }
+        writeln!(
+            svg,
+            r#"<text x="{x}" y="{ty}" fill="{colour}" font-size="11">{} {}</text>"#,
+            if s.joined { "●—" } else { "■" },
+            s.name,
+            x = W - RIGHT + 8.0,
+            ty = PAD + 16.0 * i as f64,
+        )?;
+    }
+    writeln!(svg, "</svg>")?;
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_land_inside_the_axes_with_their_labels() {
+        let series = [
+            Series {
+                name: "presets".into(),
+                points: vec![("B".into(), 2.0, 30.0), ("A".into(), 1.0, 40.0)],
+                joined: true,
+            },
+            Series {
+                name: "search".into(),
+                points: vec![("S".into(), 1.5, 31.0)],
+                joined: false,
+            },
+        ];
+        let svg = render_points("t", "x", "y", &series).unwrap();
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert_eq!(svg.matches("<rect x=").count(), 1);
+        assert!(svg.contains(">A</text>") && svg.contains(">S</text>"));
+        // The polyline runs in x order: A (x 1) first, at the top-left (largest y value).
+        let line = svg.split("points=\"").nth(1).unwrap();
+        let first: Vec<f64> = (line.split(' ').next().unwrap().split(','))
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(first[0] < W / 2.0 && first[1] < H / 2.0, "{first:?}");
+    }
 }

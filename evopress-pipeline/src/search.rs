@@ -9,7 +9,7 @@
 //! - the method's config files of the current best (every generation), then of the winner;
 //! - `seeds.json`: the baselines computed for seeding (so a resumed run does not redo them);
 //! - `result.toml`: the winner, its budget and report, the tournament, held-out perplexity of
-//!   the dense model, the winner and every baseline;
+//!   the dense model, the winner and every baseline, and the KL of each to the dense model;
 //! - `convergence.svg`: best fitness per generation, the seeds as horizontal lines.
 
 use crate::baselines::{self, BaselineRow};
@@ -90,6 +90,8 @@ pub struct ResultFile {
 pub struct HeldOut {
     pub dense_perplexity: f64,
     pub compressed_perplexity: f64,
+    /// Mean per-token KL(dense || result) on the same windows, in nats.
+    pub compressed_kl: f64,
     pub tokens_scored: usize,
 }
 
@@ -383,14 +385,11 @@ impl Run<'_> {
         }
         let genome = backend.read_config(self.out)?;
         let candidate = backend.candidate(model, &genome)?;
-        let dense = self.session.perplexity(
-            &evopress_core::Candidate::dense(model),
-            held_out,
-            "held-out dense",
-        )?;
+        let reference = self.session.dense_reference(held_out.to_vec())?;
+        let dense = reference.dense_nll();
         let compressed = self
             .session
-            .perplexity(&candidate, held_out, "held-out search")?;
+            .score(&reference, &candidate, "held-out search")?;
         let baselines = if cfg.baselines.held_out {
             let computed = match computed {
                 Some(c) => c,
@@ -406,8 +405,8 @@ impl Run<'_> {
                 self.session,
                 backend,
                 &computed,
-                held_out,
-                Some((&genome, compressed.perplexity())),
+                &reference,
+                Some((&genome, &compressed)),
             )?
         } else {
             Vec::new()
@@ -437,7 +436,8 @@ impl Run<'_> {
             held_out: HeldOut {
                 dense_perplexity: dense.perplexity(),
                 compressed_perplexity: compressed.perplexity(),
-                tokens_scored: compressed.tokens,
+                compressed_kl: compressed.kl(),
+                tokens_scored: compressed.nll.tokens,
             },
             report: backend.report(&genome, &candidate)?.fields,
             tournament: tournament.as_ref().map(TournamentReport::of),

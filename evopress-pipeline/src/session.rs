@@ -1,11 +1,13 @@
 //! A loaded model with the data a run needs: calibration windows and the dense targets on
-//! them (memory checked first), and held-out perplexity of any candidate.
+//! them (memory checked first), and held-out perplexity and KL to the dense model of any
+//! candidate.
 
 use crate::config::{CalibrationSection, EvalSection, FitnessSection, ModelSection, ModelWeights};
 use crate::progress;
-use evopress_core::data::{self, NllSum};
+use evopress_core::data;
 use evopress_core::evaluate::Calibration;
 use evopress_core::gguf::{GgufFile, GgufWeights};
+use evopress_core::held_out::{DenseReference, HeldOutScore};
 use evopress_core::{load_model_with, Candidate, Error, LoadOptions, LoadedModel, Result};
 use evopress_kernels::Device;
 use std::path::Path;
@@ -72,27 +74,32 @@ impl<'d> Session<'d> {
         Ok(windows.into_iter().map(<[u32]>::to_vec).collect())
     }
 
-    /// Perplexity of `candidate` on held-out windows; a non-finite result is an error.
-    pub fn perplexity(
-        &self,
-        candidate: &Candidate,
-        windows: &[Vec<u32>],
-        what: &str,
-    ) -> Result<NllSum> {
-        let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-        let bar = progress::bar(refs.len(), what, self.quiet);
-        let sum = data::perplexity(&candidate.model, self.dev, &refs, &candidate.plan, |i| {
+    /// The dense model on the held-out `windows`: its perplexity, and the final states every
+    /// candidate's KL is measured against (one dense forward per window, once per run).
+    pub fn dense_reference(&self, windows: Vec<Vec<u32>>) -> Result<DenseReference<'_>> {
+        let bar = progress::bar(windows.len(), "held-out dense", self.quiet);
+        let reference = DenseReference::new(&self.loaded.model, self.dev, windows, |i| {
             bar.set_position(i as u64)
         })?;
         bar.finish_and_clear();
-        if !sum.perplexity().is_finite() {
-            return Err(Error::Invalid(format!(
-                "{what}: the perplexity is {} (non-finite logits: check the weights and the \
-                 variant database for NaN or inf values)",
-                sum.perplexity()
-            )));
-        }
-        Ok(sum)
+        Ok(reference)
+    }
+
+    /// Perplexity and KL to the dense model of `candidate` on `reference`'s windows.
+    pub fn score(
+        &self,
+        reference: &DenseReference,
+        candidate: &Candidate,
+        what: &str,
+    ) -> Result<HeldOutScore> {
+        let bar = progress::bar(reference.windows().len(), what, self.quiet);
+        let score = reference
+            .score(self.dev, &candidate.model, &candidate.plan, |i| {
+                bar.set_position(i as u64)
+            })
+            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+        bar.finish_and_clear();
+        Ok(score)
     }
 }
 
