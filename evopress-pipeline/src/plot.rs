@@ -30,6 +30,28 @@ pub fn convergence_svg(
     write_atomically(path, svg.as_bytes())
 }
 
+/// The start of every plot: the SVG element on a white page, `title` centred at `title_x`,
+/// and the two axes.
+fn open_svg(title: &str, title_x: f64) -> std::result::Result<String, std::fmt::Error> {
+    let mut svg = String::new();
+    writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    )?;
+    writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
+    writeln!(
+        svg,
+        r#"<text x="{title_x}" y="24" text-anchor="middle" font-size="15">{title}</text>"#
+    )?;
+    writeln!(
+        svg,
+        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
+        b = H - PAD,
+        r = W - RIGHT
+    )?;
+    Ok(svg)
+}
+
 fn render(
     history: &[GenerationRecord],
     lines: &[(String, f64)],
@@ -50,24 +72,8 @@ fn render(
     let sx = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - PAD - RIGHT);
     let sy = |y: f64| H - PAD - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
 
-    let mut svg = String::new();
-    writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    )?;
-    writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
-    writeln!(
-        svg,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">Best fitness per generation (lower is better)</text>"#,
-        W / 2.0
-    )?;
-    // Axes with min/max ticks.
-    writeln!(
-        svg,
-        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
-        b = H - PAD,
-        r = W - RIGHT
-    )?;
+    let mut svg = open_svg("Best fitness per generation (lower is better)", W / 2.0)?;
+    // Min/max ticks.
     writeln!(
         svg,
         r#"<text x="{PAD}" y="{}" text-anchor="middle">{x0}</text><text x="{}" y="{}" text-anchor="middle">{x1}</text>"#,
@@ -172,23 +178,7 @@ fn render_points(
     let sx = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - PAD - RIGHT);
     let sy = |y: f64| H - PAD - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
 
-    let mut svg = String::new();
-    writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    )?;
-    writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
-    writeln!(
-        svg,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#,
-        (W - RIGHT + PAD) / 2.0
-    )?;
-    writeln!(
-        svg,
-        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
-        b = H - PAD,
-        r = W - RIGHT
-    )?;
+    let mut svg = open_svg(title, (W - RIGHT + PAD) / 2.0)?;
     for i in 0..=4 {
         let (x, y) = (
             x0 + (x1 - x0) * i as f64 / 4.0,
@@ -291,5 +281,27 @@ mod tests {
             .map(|v| v.parse().unwrap())
             .collect();
         assert!(first[0] < W / 2.0 && first[1] < H / 2.0, "{first:?}");
+    }
+
+    #[test]
+    fn convergence_has_the_curve_and_one_dashed_line_per_baseline() {
+        let history: Vec<GenerationRecord> = [0.9, 0.7, 0.75]
+            .iter()
+            .enumerate()
+            .map(|(generation, &best_fitness)| GenerationRecord {
+                generation,
+                best_fitness,
+                evaluations: 8,
+                tokens: 512,
+                seconds: 1.0,
+                seeds: Vec::new(),
+            })
+            .collect();
+        let lines = [("uniform".to_string(), 0.8), ("dp".to_string(), 1.1)];
+        let svg = render(&history, &lines).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("Best fitness per generation"));
+        assert_eq!(svg.matches("stroke-dasharray").count(), 2, "{svg}");
+        assert!(svg.contains(">uniform") && svg.contains(">dp"));
     }
 }
