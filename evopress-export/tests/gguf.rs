@@ -188,25 +188,7 @@ fn sparse_export_with_q8_0_dense_is_q8_0_within_its_rounding_and_smaller_than_f1
     let new = (exported.model)
         .generate(&Cpu, &prompt_ids, 8, eos, &full)
         .unwrap();
-    let join = |v: &[u32]| {
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    run_check(
-        &py,
-        &[
-            "gguf",
-            q8.to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--expect-tokens",
-            &join(&prompt_ids),
-            "--expect-top1",
-            &join(&new),
-        ],
-    );
+    check_llama_cpp_greedy(&py, &q8, prompt, &prompt_ids, &new);
 }
 
 #[test]
@@ -301,25 +283,7 @@ fn depth_export_is_shorter_and_a_dropped_attention_makes_a_deci_model() {
         .model
         .generate(&Cpu, &prompt_ids, 4, eos, &partial.plan)
         .unwrap();
-    let join = |v: &[u32]| {
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    run_check(
-        &py,
-        &[
-            "gguf",
-            path.to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--expect-tokens",
-            &join(&prompt_ids),
-            "--expect-top1",
-            &join(&new),
-        ],
-    );
+    check_llama_cpp_greedy(&py, &path, prompt, &prompt_ids, &new);
 }
 
 #[test]

@@ -120,6 +120,33 @@ pub fn python(check: &str) -> Option<PathBuf> {
     }
 }
 
+/// Asserts that llama.cpp (`scripts/check-export.py gguf`) tokenizes `prompt` into
+/// `prompt_ids` and continues it greedily with `new`, as evopress did on the same file.
+pub fn check_llama_cpp_greedy(
+    python: &Path,
+    gguf: &Path,
+    prompt: &str,
+    prompt_ids: &[u32],
+    new: &[u32],
+) {
+    let join = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    let gguf = gguf.to_str().expect("a UTF-8 temporary path");
+    let (prompt_ids, new) = (join(prompt_ids), join(new));
+    run_check(
+        python,
+        &[
+            "gguf",
+            gguf,
+            "--prompt",
+            prompt,
+            "--expect-tokens",
+            &prompt_ids,
+            "--expect-top1",
+            &new,
+        ],
+    );
+}
+
 /// Runs `scripts/check-export.py args...` and asserts it passed, printing its report.
 pub fn run_check(python: &Path, args: &[&str]) {
     let out = Command::new(python)
