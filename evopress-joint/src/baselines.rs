@@ -7,7 +7,12 @@
 //! (both over every combination the database stores for all layers, within the run's
 //! `sparsities` and `bits`, whether or not the Pareto filter kept it in the space);
 //! - `dp`: the layers' combinations minimising the sum of `rel_error` under the budget (a
-//!   knapsack; `rel_error` says nothing about drops, so none).
+//!   knapsack; `rel_error` says nothing about drops, so none);
+//! - `dp_bits` and `dp_sparsity`, where the space mixes both kinds: the same knapsack over the
+//!   dense combinations only (a bit width per layer) and over the highest bit width's only (a
+//!   sparsity per layer). `rel_error` is measured per variant, and adding errors of different
+//!   kinds can misjudge one against the other; the single-kind allocations seed the search
+//!   with what a search over one kind would start from.
 
 use crate::backend::{is_dropped, JointBackend};
 use crate::levels::Combo;
@@ -38,18 +43,105 @@ pub fn list(b: &JointBackend) -> Vec<BaselineInfo> {
             cheap: true,
         });
     }
-    out.push(BaselineInfo {
-        name: "dp".into(),
-        about: "combinations minimising the sum of per-layer rel_error under the budget (DP)",
-        cheap: true,
-    });
+    for kind in DpKind::ALL {
+        if kind.offered(b) {
+            out.push(BaselineInfo {
+                name: kind.name().into(),
+                about: kind.about(),
+                cheap: true,
+            });
+        }
+    }
     out
+}
+
+/// Which combinations a DP baseline chooses among.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DpKind {
+    All,
+    /// Dense combinations: a bit width per layer.
+    Bits,
+    /// The highest bit width's combinations: a sparsity per layer.
+    Sparsity,
+}
+
+impl DpKind {
+    const ALL: [DpKind; 3] = [DpKind::All, DpKind::Bits, DpKind::Sparsity];
+
+    fn name(self) -> &'static str {
+        match self {
+            DpKind::All => "dp",
+            DpKind::Bits => "dp_bits",
+            DpKind::Sparsity => "dp_sparsity",
+        }
+    }
+
+    fn about(self) -> &'static str {
+        match self {
+            DpKind::All => {
+                "combinations minimising the sum of per-layer rel_error under the budget (DP)"
+            }
+            DpKind::Bits => "dense bit widths minimising the sum of per-layer rel_error (DP)",
+            DpKind::Sparsity => {
+                "sparsities at the highest bit width minimising the sum of per-layer rel_error \
+                 (DP)"
+            }
+        }
+    }
+
+    fn admits(self, c: Combo, top_bits: u8) -> bool {
+        match self {
+            DpKind::All => true,
+            DpKind::Bits => c.per_mille == 0,
+            DpKind::Sparsity => c.bits == top_bits,
+        }
+    }
+
+    /// `dp` always; a single-kind DP where the space mixes both kinds and every layer has a
+    /// combination of that kind that the budget leaves room for.
+    fn offered(self, b: &JointBackend) -> bool {
+        if self == DpKind::All {
+            return true;
+        }
+        let all: Vec<Combo> = linear_slots(b)
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
+        let mixed = all.iter().any(|c| c.per_mille == 0)
+            && all.iter().any(|c| c.per_mille > 0)
+            && all.iter().any(|c| c.bits != all[0].bits);
+        let top = top_bits(b);
+        let cheapest = linear_slots(b).map(|(i, combos)| {
+            let levels = &b.space.units()[i].levels;
+            (combos.iter().zip(levels))
+                .filter(|(c, l)| l.legal && self.admits(**c, top))
+                .map(|(_, l)| l.cost)
+                .min()
+        });
+        let floor: Option<u64> = cheapest.sum();
+        mixed && floor.is_some_and(|f| f <= b.target)
+    }
+}
+
+/// The space units of the linear layers and their levels' combinations.
+fn linear_slots(b: &JointBackend) -> impl Iterator<Item = (usize, &[Combo])> {
+    (b.slots.iter().enumerate()).filter_map(|(i, slot)| match slot {
+        Slot::Linear { combos, .. } => Some((i, combos.as_slice())),
+        Slot::Switch { .. } => None,
+    })
+}
+
+/// The highest bit width among the space's combinations.
+fn top_bits(b: &JointBackend) -> u8 {
+    (linear_slots(b).flat_map(|(_, combos)| combos.iter().map(|c| c.bits)))
+        .max()
+        .unwrap_or(0)
 }
 
 pub fn run(b: &JointBackend, name: &str, ctx: &BaselineContext) -> Result<Baseline> {
     let mut detail = toml::Table::new();
     let n = ctx.model.layers.len();
     let (fits, above) = uniform_choices(b);
+    let dp_kind = (DpKind::ALL.into_iter()).find(|k| k.name() == name && k.offered(b));
     let (drops, combos) = match (name, fits, above) {
         ("uniform", Some((c, _)), _) => {
             detail.insert("combination".into(), c.to_string().into());
@@ -82,8 +174,8 @@ pub fn run(b: &JointBackend, name: &str, ctx: &BaselineContext) -> Result<Baseli
             detail.insert("dropped_mlp".into(), blocks(&drops.mlp));
             (drops, combos)
         }
-        ("dp", _, _) => {
-            let (genome, error) = dp(b)?;
+        _ if dp_kind.is_some() => {
+            let (genome, error) = dp(b, dp_kind.expect("matched"))?;
             detail.insert("sum_rel_error".into(), error.into());
             b.decode(&genome)
         }
@@ -192,11 +284,12 @@ fn single_drop_kl(b: &JointBackend, ctx: &BaselineContext) -> Result<Vec<f64>> {
     Ok(s.kl)
 }
 
-/// The knapsack over the layers' levels (every sub-block kept): least `Σ rel_error` with the
-/// byte total under the target. Returns the genome and its error sum.
-fn dp(b: &JointBackend) -> Result<(Genome, f64)> {
+/// The knapsack over the layers' levels of `kind` (every sub-block kept): least `Σ rel_error`
+/// with the byte total under the target. Returns the genome and its error sum.
+fn dp(b: &JointBackend, kind: DpKind) -> Result<(Genome, f64)> {
     let quantum = b.target.div_ceil(DP_CELLS).max(1);
     let cap = (b.target / quantum) as usize;
+    let top = top_bits(b);
     // Per layer: (space unit, [(level index, weight in quanta, rel_error)]).
     let mut items: Vec<(usize, Choices)> = Vec::new();
     for (i, slot) in b.slots.iter().enumerate() {
@@ -204,7 +297,7 @@ fn dp(b: &JointBackend) -> Result<(Genome, f64)> {
             let entry = b.table.entry(*unit);
             let levels = &b.space.units()[i].levels;
             let opts = (combos.iter().enumerate())
-                .filter(|(l, _)| levels[*l].legal)
+                .filter(|(l, c)| levels[*l].legal && kind.admits(**c, top))
                 .map(|(l, c)| {
                     let e = entry.level(c.id()).map_or(f64::INFINITY, |x| x.rel_error);
                     (l as u16, levels[l].cost.div_ceil(quantum) as usize, e)

@@ -3,6 +3,7 @@
 
 use super::config::SearchConfig;
 use super::evolve::{GenerationRecord, Search, SearchState, Seed};
+use super::mutation::MoveCredit;
 use super::space::{Genome, SearchSpace};
 use crate::error::{Error, Result};
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +25,9 @@ struct Checkpoint {
     seeds: Vec<Seed>,
     recent_parents: Vec<Genome>,
     unchanged: usize,
+    /// Absent from checkpoints written before adaptive move choice: no evidence yet.
+    #[serde(default)]
+    moves: MoveCredit,
     rng: RngState,
 }
 
@@ -86,6 +90,7 @@ impl Search<'_> {
             seeds: state.seeds.clone(),
             recent_parents: state.recent_parents.clone(),
             unchanged: state.unchanged,
+            moves: state.moves,
             rng: RngState::of(&state.rng),
         };
         serde_json::to_vec_pretty(&checkpoint).expect("checkpoints serialize")
@@ -138,6 +143,7 @@ impl Search<'_> {
             seeds: checkpoint.seeds,
             recent_parents: checkpoint.recent_parents,
             unchanged: checkpoint.unchanged,
+            moves: checkpoint.moves,
             rng: checkpoint.rng.restore(),
         })
     }

@@ -5,8 +5,9 @@
 use super::batch::{all_tokens, sample_batch, TokenBatch};
 use super::checkpoint::{exact_f64, fingerprint};
 use super::config::{InitialSource, SearchConfig};
+use super::mutation::{self, MoveCredit};
 use super::space::{Genome, SearchSpace};
-use super::{feasibility, init, mutation};
+use super::{feasibility, init};
 use crate::error::{Error, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -172,6 +173,8 @@ pub struct SearchState {
     pub recent_parents: Vec<Genome>,
     /// Generations in a row the best parent has survived.
     pub unchanged: usize,
+    /// How flips and level moves have fared, for a gated space's mutation.
+    pub moves: MoveCredit,
     pub(super) rng: ChaCha8Rng,
 }
 
@@ -341,6 +344,7 @@ impl<'a> Search<'a> {
             seeds,
             recent_parents: Vec::new(),
             unchanged: 0,
+            moves: MoveCredit::default(),
             rng,
         };
         if candidates.len() <= self.config.population_size {
@@ -446,14 +450,16 @@ impl<'a> Search<'a> {
     ) -> Result<()> {
         let config = self.config;
         let generation = state.generation + 1;
-        let mut candidates = mutation::offspring(
+        let children = mutation::offspring(
             self.space,
             &state.population,
             config.offspring,
             config.max_mutations,
             config.max_offspring_attempts,
+            &state.moves,
             &mut state.rng,
         )?;
+        let mut candidates: Vec<Genome> = children.iter().map(|c| c.genome.clone()).collect();
         let (mut evaluations, mut positions) = (0, 0);
         let mut best_fitness = f64::NAN;
         for (index, stage) in config.stages.iter().enumerate() {
@@ -503,6 +509,7 @@ impl<'a> Search<'a> {
                 .saturating_sub(config.final_parents);
             state.recent_parents.drain(..excess);
         }
+        state.moves.record(&children, &candidates);
         state.history.push(GenerationRecord {
             generation,
             best_fitness,

@@ -31,6 +31,7 @@ pub use evolve::{
     fitness, Entrant, Evaluator, GenerationEvent, GenerationRecord, Observer, Score, Search,
     SearchState, Seed, SeedScore, StageInfo, Stop, Tournament,
 };
+pub use mutation::MoveCredit;
 pub use space::{
     Budget, BudgetReport, ChooseK, Gate, Genome, Group, GroupReport, GroupStart, Level,
     SearchSpace, Unit,

@@ -4,6 +4,7 @@ use super::space::{Budget, Genome, SearchSpace, ON};
 use crate::error::{Error, Result};
 use rand::seq::{IteratorRandom, SliceRandom};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// Under [`Budget::CostCeiling`], a mutation changing more units than this is rejected.
@@ -22,12 +23,72 @@ pub fn switch_count(rng: &mut impl Rng, max_mutations: usize) -> usize {
     draw.min(rng.gen_range(1..=max_mutations))
 }
 
+/// How often offspring of each move type became parents, for choosing between the moves of
+/// a gated space (docs/search.md, "Adaptive move choice"): a switch flip (drop or restore a
+/// sub-block) or a level move. Flips that never survive (at a budget where dropping costs more
+/// than it frees) then stop wasting evaluations; flips that do survive are made more often.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveCredit {
+    /// Offspring with at least one flip: how many were scored, how many became parents.
+    pub flip: Outcomes,
+    /// Offspring with level moves only.
+    pub level: Outcomes,
+}
+
+/// Offspring of one move type: scored and kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes {
+    pub tried: u64,
+    pub kept: u64,
+}
+
+impl Outcomes {
+    /// Laplace's rule of succession: the estimated chance that the next one is kept, 1/2
+    /// before any evidence.
+    fn rate(self) -> f64 {
+        (self.kept as f64 + 1.0) / (self.tried as f64 + 2.0)
+    }
+}
+
+impl MoveCredit {
+    /// The chance that a move is a flip when `flips` flips and `levels` level moves are
+    /// possible: each possible move weighted by its type's estimated survival rate, so with
+    /// no evidence every possible move is equally likely (the uniform choice).
+    pub fn flip_chance(&self, flips: usize, levels: usize) -> f64 {
+        let f = flips as f64 * self.flip.rate();
+        let l = levels as f64 * self.level.rate();
+        f / (f + l)
+    }
+
+    /// Records one generation: `children` with whether each made a flip, and the new parents.
+    pub fn record(&mut self, children: &[Child], parents: &[Genome]) {
+        for child in children {
+            let outcomes = if child.flipped {
+                &mut self.flip
+            } else {
+                &mut self.level
+            };
+            outcomes.tried += 1;
+            outcomes.kept += parents.contains(&child.genome) as u64;
+        }
+    }
+}
+
+/// An offspring and whether its mutation flipped a switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub genome: Genome,
+    pub flipped: bool,
+}
+
 /// A mutated copy of `parent`, or `None` where a [`Budget::CostCeiling`] mutation is rejected.
 /// Switches only move units to legal levels, so every returned genome is legal and in budget.
+/// `credit` weighs flips against level moves in a gated space.
 pub fn mutate(
     space: &SearchSpace,
     parent: &Genome,
     max_mutations: usize,
+    credit: &MoveCredit,
     rng: &mut impl Rng,
 ) -> Option<Genome> {
     let mut child = parent.clone();
@@ -40,7 +101,8 @@ pub fn mutate(
             Some(child)
         }
         Budget::CostCeiling { max_cost, step } if !space.gates().is_empty() => {
-            gated_move_then_fit(space, &mut child, switches, max_cost, step, rng).then_some(child)
+            gated_move_then_fit(space, &mut child, switches, max_cost, step, credit, rng)
+                .then_some(child)
         }
         Budget::CostCeiling { max_cost, step } => {
             raise_then_fit(space, &mut child, switches, max_cost, step, rng).then_some(child)
@@ -113,18 +175,20 @@ fn raise_then_fit(
     changes <= MAX_CEILING_CHANGES && added as f64 >= MIN_ADDED_PER_REMOVED * removed.max(1) as f64
 }
 
-/// The mutation of a space with gates (docs/search.md): `moves` times, a random unit that is
-/// not gated off either flips (a switch: drop or restore its members) or rises by `step`; then
-/// random active units are lowered by `step` until the total cost fits under `max_cost`; after a
-/// drop, random active units are raised while the next raise still fits, spending the freed
-/// cost. False when the result is rejected: too many changes, or (without a drop) more cost
-/// removed than 1/0.8 times what was added, as in [`raise_then_fit`].
+/// The mutation of a space with gates (docs/search.md): `moves` times, either a flip (a switch
+/// drops or restores its members), with the chance `credit` gives, or a level move (a unit that
+/// is not gated off rises by `step`), on a random unit that can make it; then random active
+/// units are lowered by `step` until the total cost fits under `max_cost`; after a drop, random
+/// active units are raised while the next raise still fits, spending the freed cost. False when
+/// the result is rejected: too many changes, or (without a drop) more cost removed than 1/0.8
+/// times what was added, as in [`raise_then_fit`].
 fn gated_move_then_fit(
     space: &SearchSpace,
     genome: &mut Genome,
     moves: usize,
     max_cost: u64,
     step: i32,
+    credit: &MoveCredit,
     rng: &mut impl Rng,
 ) -> bool {
     let units = space.units();
@@ -149,13 +213,20 @@ fn gated_move_then_fit(
     };
     let mut dropped = false;
     for _ in 0..moves {
-        let candidates = (0..units.len()).filter_map(|u| {
-            let to = flip(genome, u, &flipped).or_else(|| level_move(genome, u, step))?;
-            Some((u, to))
-        });
-        let Some((u, level)) = candidates.choose(rng) else {
-            return false;
+        let flips: Vec<(usize, u16)> = (0..units.len())
+            .filter_map(|u| Some((u, flip(genome, u, &flipped)?)))
+            .collect();
+        let raises: Vec<(usize, u16)> = (0..units.len())
+            .filter_map(|u| Some((u, level_move(genome, u, step)?)))
+            .collect();
+        let pick_flip = match (flips.is_empty(), raises.is_empty()) {
+            (true, true) => return false,
+            (false, true) => true,
+            (true, false) => false,
+            (false, false) => rng.gen_bool(credit.flip_chance(flips.len(), raises.len())),
         };
+        let pool = if pick_flip { &flips } else { &raises };
+        let &(u, level) = pool.choose(rng).expect("the chosen pool is not empty");
         if space.is_switch(u) {
             flipped.push(u);
             dropped |= units[u].levels[level as usize].id == ON;
@@ -216,8 +287,9 @@ pub fn offspring(
     count: usize,
     max_mutations: usize,
     max_attempts: usize,
+    credit: &MoveCredit,
     rng: &mut impl Rng,
-) -> Result<Vec<Genome>> {
+) -> Result<Vec<Child>> {
     let mut seen: HashSet<Genome> = parents.iter().cloned().collect();
     let mut children = Vec::with_capacity(count);
     let mut attempts = 0;
@@ -233,12 +305,17 @@ pub fn offspring(
         }
         attempts += 1;
         let parent = parents.choose(rng).expect("at least one parent");
-        let Some(child) = mutate(space, parent, max_mutations, rng) else {
+        let Some(child) = mutate(space, parent, max_mutations, credit, rng) else {
             continue;
         };
         debug_assert!(space.is_legal(&child) && space.budget_report(&child).holds);
         if seen.insert(child.clone()) {
-            children.push(child);
+            let flipped =
+                (0..child.0.len()).any(|u| space.is_switch(u) && child.0[u] != parent.0[u]);
+            children.push(Child {
+                genome: child,
+                flipped,
+            });
         }
     }
     Ok(children)
@@ -253,7 +330,7 @@ pub fn check_random_walk(space: &SearchSpace, seed: u64, steps: usize) -> Result
     let mut genome = super::init::random_start(space, &mut rng)?;
     space.check_genome(&genome)?;
     for step in 0..steps {
-        if let Some(child) = mutate(space, &genome, 3, &mut rng) {
+        if let Some(child) = mutate(space, &genome, 3, &MoveCredit::default(), &mut rng) {
             let report = space.budget_report(&child);
             if !report.holds || !report.illegal_units.is_empty() {
                 return Err(Error::Invalid(format!(

@@ -293,7 +293,7 @@ proptest! {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut genome = random_start(&space, &mut rng).unwrap();
         for _ in 0..200 {
-            let Some(child) = evopress_search::mutation::mutate(&space, &genome, 3, &mut rng)
+            let Some(child) = evopress_search::mutation::mutate(&space, &genome, 3, &Default::default(), &mut rng)
             else {
                 continue;
             };
@@ -383,6 +383,95 @@ fn gated_search_finds_the_drop_that_pays_for_wider_layers() {
         (found - best_f).abs() < 1e-12,
         "{found} vs optimum {best_f}"
     );
+}
+
+#[test]
+fn move_credit_starts_uniform_and_follows_which_moves_become_parents() {
+    use evopress_search::mutation::{offspring, Outcomes};
+    use evopress_search::MoveCredit;
+    let space = gated_space(4, 3, 100, 4.0);
+    let fresh = MoveCredit::default();
+    assert_eq!(
+        fresh.flip_chance(4, 12),
+        0.25,
+        "no evidence: every move equally likely"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let parent = random_start(&space, &mut rng).unwrap();
+    let flipped_share = |credit: &MoveCredit, rng: &mut ChaCha8Rng| {
+        let kids = offspring(
+            &space,
+            std::slice::from_ref(&parent),
+            64,
+            3,
+            10_000,
+            credit,
+            rng,
+        );
+        let kids = kids.unwrap();
+        for k in &kids {
+            let switched = (0..space.units().len())
+                .any(|u| space.is_switch(u) && k.genome.0[u] != parent.0[u]);
+            assert_eq!(
+                k.flipped, switched,
+                "a child's flip flag says whether a switch moved"
+            );
+        }
+        let flipped = kids.iter().filter(|k| k.flipped).count();
+        (flipped as f64 / kids.len() as f64, kids)
+    };
+    let (uniform_share, kids) = flipped_share(&fresh, &mut rng);
+    assert!(
+        uniform_share > 0.0 && uniform_share < 1.0,
+        "{uniform_share}"
+    );
+    // A generation of 8 where a level-only child became the parent and every flip lost.
+    let mut credit = fresh;
+    let generation = &kids[..8];
+    let winner = generation
+        .iter()
+        .find(|k| !k.flipped)
+        .unwrap()
+        .genome
+        .clone();
+    credit.record(generation, &[winner]);
+    let flips = generation.iter().filter(|k| k.flipped).count() as u64;
+    assert_eq!(
+        credit.flip,
+        Outcomes {
+            tried: flips,
+            kept: 0
+        }
+    );
+    assert_eq!(
+        credit.level,
+        Outcomes {
+            tried: 8 - flips,
+            kept: 1
+        }
+    );
+    let losing_flips = MoveCredit {
+        flip: Outcomes { tried: 8, kept: 0 },
+        level: Outcomes { tried: 8, kept: 2 },
+    };
+    assert!(losing_flips.flip_chance(4, 12) < 0.25);
+    // Long odds against flips make flipping offspring rarer, but never impossible.
+    let against = MoveCredit {
+        flip: Outcomes {
+            tried: 200,
+            kept: 0,
+        },
+        level: Outcomes {
+            tried: 200,
+            kept: 40,
+        },
+    };
+    let (rare_share, _) = flipped_share(&against, &mut rng);
+    assert!(
+        rare_share < uniform_share / 2.0,
+        "{rare_share} vs {uniform_share}"
+    );
+    assert!(against.flip_chance(4, 12) > 0.0);
 }
 
 #[test]

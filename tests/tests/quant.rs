@@ -144,8 +144,17 @@ fn budgets_hold_exactly() {
         };
         let starts = init::distinct_random_starts(space, 8, 1000, &mut rng).unwrap();
         starts.iter().for_each(check);
-        let kids = mutation::offspring(space, &starts[..1], 16, 3, 1000, &mut rng).unwrap();
-        kids.iter().for_each(check);
+        let kids = mutation::offspring(
+            space,
+            &starts[..1],
+            16,
+            3,
+            1000,
+            &Default::default(),
+            &mut rng,
+        )
+        .unwrap();
+        kids.iter().map(|k| &k.genome).for_each(check);
         check(&dp::dp_allocate(space, &b.table().rel_errors(space)).unwrap());
     }
     // Stored bits under a ceiling: every variant's real bytes (codes, scales, zeros) count.
