@@ -350,23 +350,27 @@ fn gates_zero_the_cost_of_dropped_members_and_are_checked() {
 
 /// Dropping a block whose layers barely matter frees bits the others need: the search must
 /// find the brute-force optimum, which drops exactly that block.
+/// On `gated_space(3, 2, ..)`: each block's layers lose `w / 2^bits`, a dropped block costs
+/// `1.5 w`; block 2 matters little, so dropping it to widen the others pays.
+fn gated_fitness(ids: &[i32]) -> f64 {
+    let weight = [1.0, 1.0, 0.05];
+    (0..3)
+        .map(|b| {
+            let w = weight[b];
+            if ids[3 * b] == 1 {
+                return 1.5 * w;
+            }
+            (1..3)
+                .map(|l| w / (1 << ids[3 * b + l]) as f64)
+                .sum::<f64>()
+        })
+        .sum()
+}
+
 #[test]
 fn gated_search_finds_the_drop_that_pays_for_wider_layers() {
     let space = gated_space(3, 2, 100, 3.0);
-    let weight = [1.0, 1.0, 0.05];
-    let fitness = |ids: &[i32]| {
-        (0..3)
-            .map(|b| {
-                let w = weight[b];
-                if ids[3 * b] == 1 {
-                    return 1.5 * w;
-                }
-                (1..3)
-                    .map(|l| w / (1 << ids[3 * b + l]) as f64)
-                    .sum::<f64>()
-            })
-            .sum()
-    };
+    let fitness = gated_fitness;
     let (best, best_f) = brute_force_best(&space, fitness);
     assert_eq!(space.level_ids(&best)[6], 1, "the optimum drops block 2");
     let config = SearchConfig {
@@ -760,16 +764,36 @@ fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
         initial: vec![InitialSource::Random],
         ..SearchConfig::depth_defaults(10, 3)
     };
+    check_resume_equality(&space, &config, block_drop_fitness);
+}
+
+/// A gated space's state also holds the move credit (flips against level moves).
+#[test]
+fn resumed_gated_run_ends_exactly_like_an_uninterrupted_one() {
+    let space = gated_space(3, 2, 100, 3.0);
+    let config = SearchConfig {
+        seed: 3,
+        initially_generated: 4,
+        initial_tokens: 256,
+        initial: vec![InitialSource::Random],
+        ..config(12, 8, &[(2, 256), (1, 512)])
+    };
+    check_resume_equality(&space, &config, gated_fitness);
+}
+
+/// Runs `config` with a noisy `fitness` once uninterrupted and once stopped after 5
+/// generations, checkpointed and resumed: both end in the same state.
+fn check_resume_equality(space: &SearchSpace, config: &SearchConfig, fitness: fn(&[i32]) -> f64) {
     let sample_lens = calibration(12, 4096);
     let evaluator = || {
-        let mut e = Synthetic::new(&space, block_drop_fitness);
+        let mut e = Synthetic::new(space, fitness);
         e.noise = 0.05;
         e
     };
-    let uninterrupted = run_to_end(&space, &config, &sample_lens, &mut evaluator());
+    let uninterrupted = run_to_end(space, config, &sample_lens, &mut evaluator());
 
     let path = std::path::Path::new("search.json");
-    let search = Search::new(&space, &config, &sample_lens).unwrap();
+    let search = Search::new(space, config, &sample_lens).unwrap();
     let mut stopped = search
         .initialize(Vec::new(), &mut evaluator(), &mut ())
         .unwrap();
@@ -779,7 +803,7 @@ fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
     assert_eq!((stop, stopped.generation), (Stop::Interrupted, 5));
     let json = String::from_utf8(search.checkpoint_json(&stopped)).unwrap();
 
-    let search = Search::new(&space, &config, &sample_lens).unwrap();
+    let search = Search::new(space, config, &sample_lens).unwrap();
     let mut resumed = search.resume_json(path, &json).unwrap();
     assert_eq!(without_seconds(&resumed), without_seconds(&stopped));
     search
