@@ -13,6 +13,7 @@ use evopress_kernels::Device;
 use evopress_search::{
     Evaluator, Genome, Result as SearchResult, Score, TokenBatch, TokenSlice as Slice,
 };
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Calibration samples plus the dense model's targets on them.
@@ -117,17 +118,23 @@ impl Calibration {
     }
 }
 
+/// One slice's residual stream entering every block, then the stream leaving the last one.
+type Boundaries = Vec<Vec<f32>>;
+
 /// The parent's block inputs on a stage's slices: `inputs[slice][block]` is the residual
-/// stream entering `block` (the last entry is the stream leaving the last block). Empty when caching is disabled (then candidates run in full).
+/// stream entering `block` (the last entry is the stream leaving the last block). Empty when
+/// caching is disabled (then candidates run in full).
 pub struct StageCache {
     pub slices: Vec<Slice>,
-    inputs: Vec<Vec<Vec<f32>>>,
+    inputs: Vec<Arc<Boundaries>>,
+    /// Blocks run (summed over slices) to build this cache; reused boundaries cost none.
+    pub blocks_run: usize,
 }
 
 impl StageCache {
     /// Bytes a cache for `tokens` positions would take on `model`.
     pub fn bytes(model: &Model, tokens: usize) -> usize {
-        model.layers.len() * tokens * model.hidden_size() * 4
+        (model.layers.len() + 1) * tokens * model.hidden_size() * 4
     }
 
     /// Caches the parent's block inputs if they fit in `cap_bytes`.
@@ -139,29 +146,66 @@ impl StageCache {
         parent: &[BlockPlan],
         cap_bytes: usize,
     ) -> Result<Self> {
+        Self::build_reusing(model, dev, cal, slices, parent, cap_bytes, |_| None)
+    }
+
+    /// [`build`](Self::build), taking what it can from boundaries computed before: for a
+    /// slice, `earlier` may return the boundaries of an earlier parent with the first block
+    /// in which that parent runs differently from this one. The boundaries up to and
+    /// including that block's input are the same computation on the same tokens, so they are
+    /// copied (shared, when the parents run alike throughout) and only the blocks from there
+    /// on run.
+    pub fn build_reusing<D: Device + ?Sized>(
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        slices: Vec<Slice>,
+        parent: &[BlockPlan],
+        cap_bytes: usize,
+        mut earlier: impl FnMut(&Slice) -> Option<(Arc<Boundaries>, usize)>,
+    ) -> Result<Self> {
         let started = Instant::now();
         let tokens: usize = slices.iter().map(|s| s.tokens.len()).sum();
         let mut inputs = Vec::new();
+        let mut blocks_run = 0;
         if Self::bytes(model, tokens) <= cap_bytes {
+            let n = parent.len();
             for s in &slices {
+                let reused = earlier(s).filter(|(b, _)| b.len() == n + 1);
+                if let Some((b, _)) = reused.as_ref().filter(|(_, d)| *d >= n) {
+                    inputs.push(Arc::clone(b));
+                    continue;
+                }
                 let toks = &cal.samples[s.sample][s.tokens.clone()];
                 let layout = Layout {
                     batch: 1,
                     seq: toks.len(),
                     pos0: 0,
                 };
-                let mut h = model.embed(toks)?;
-                let mut per_block = Vec::with_capacity(model.layers.len());
-                for (b, &p) in parent.iter().enumerate() {
+                // Boundaries `0..from` are kept; `h` enters block `from`.
+                let (mut per_block, mut h, from) = match reused {
+                    Some((b, first_diff)) => {
+                        let mut prefix = Vec::with_capacity(n + 1);
+                        prefix.extend_from_slice(&b[..first_diff]);
+                        (prefix, b[first_diff].clone(), first_diff)
+                    }
+                    None => (Vec::with_capacity(n + 1), model.embed(toks)?, 0),
+                };
+                for (b, &p) in parent.iter().enumerate().skip(from) {
                     per_block.push(h.clone());
                     model.block_forward(dev, b, &mut h, layout, p, None);
                 }
                 per_block.push(h);
-                inputs.push(per_block);
+                blocks_run += n - from;
+                inputs.push(Arc::new(per_block));
             }
         }
         profile::STAGE_CACHE.add(started.elapsed());
-        Ok(StageCache { slices, inputs })
+        Ok(StageCache {
+            slices,
+            inputs,
+            blocks_run,
+        })
     }
 
     pub fn is_cached(&self) -> bool {
@@ -304,6 +348,103 @@ impl StageCache {
     }
 }
 
+/// The stage parents' boundaries and the current parent's slice scores, kept from one stage
+/// to the next.
+///
+/// A (1+λ) search's parent changes rarely once it has converged, and its stages draw their
+/// slices from a small calibration pool, so most of a stage's cache, and the parent's own
+/// score, were computed in an earlier stage. When the parent does change, the new one
+/// usually runs like an earlier one up to some block, and those boundaries still hold.
+/// Everything reused is the same computation on the same tokens: results are bit-identical
+/// to building every stage afresh (docs/search.md, "Scoring and racing").
+#[derive(Default)]
+pub struct ParentMemo {
+    /// Boundaries per parent and slice, oldest first.
+    kept: Vec<(Genome, Slice, Arc<Boundaries>)>,
+    /// The current parent and its scores per slice.
+    scores: Option<(Genome, Vec<(Slice, Score)>)>,
+}
+
+impl ParentMemo {
+    /// The stage cache of `parent` (its blocks run as `plan`) on `slices`. `first_diff(old)`
+    /// is the first block in which `parent` runs differently from an earlier parent `old`
+    /// (`None` when even their embeddings differ). Each slice starts from the kept boundaries
+    /// that hold furthest. What is kept after the stage (this stage's boundaries, then the
+    /// newest older ones) stays within `cap_bytes`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage_cache<D: Device + ?Sized>(
+        &mut self,
+        model: &Model,
+        dev: &D,
+        cal: &Calibration,
+        slices: Vec<Slice>,
+        parent: &Genome,
+        plan: &[BlockPlan],
+        cap_bytes: usize,
+        first_diff: impl Fn(&Genome) -> Option<usize>,
+    ) -> Result<StageCache> {
+        if self.scores.as_ref().is_none_or(|(p, _)| p != parent) {
+            self.scores = Some((parent.clone(), Vec::new()));
+        }
+        let kept = &self.kept;
+        // How far each kept entry holds for this parent.
+        let holds: Vec<Option<usize>> = (kept.iter())
+            .map(|(g, _, _)| match g == parent {
+                true => Some(plan.len()),
+                false => first_diff(g),
+            })
+            .collect();
+        let cache = StageCache::build_reusing(model, dev, cal, slices, plan, cap_bytes, |s| {
+            (kept.iter().zip(&holds))
+                .filter(|((_, k, _), _)| k == s)
+                .filter_map(|((_, _, b), d)| Some((Arc::clone(b), (*d)?)))
+                .max_by_key(|(_, d)| *d)
+        })?;
+        self.kept
+            .retain(|(g, s, _)| g != parent || !cache.slices.contains(s));
+        let bytes = |b: &Boundaries| b.iter().map(|x| x.len() * 4).sum::<usize>();
+        let mut total: usize = cache.inputs.iter().map(|b| bytes(b)).sum();
+        // The newest older entries, while they fit.
+        let mut older = std::mem::take(&mut self.kept);
+        older.reverse();
+        older.retain(|(_, _, b)| {
+            total += bytes(b);
+            total <= cap_bytes
+        });
+        older.reverse();
+        self.kept = older;
+        let current = (cache.slices.iter().cloned()).zip(cache.inputs.iter().cloned());
+        (self.kept).extend(current.map(|(s, b)| (parent.clone(), s, b)));
+        Ok(cache)
+    }
+
+    /// The current parent's score on `slice`, if it was scored on it before.
+    pub fn known_parent_score(&self, slice: &Slice) -> Option<Score> {
+        let (_, scores) = self.scores.as_ref()?;
+        scores.iter().find(|(k, _)| k == slice).map(|(_, s)| *s)
+    }
+
+    /// Records the current parent's score on `slice`.
+    pub fn remember_parent_score(&mut self, slice: &Slice, score: Score) {
+        if let Some((_, scores)) = &mut self.scores {
+            if scores.iter().all(|(k, _)| k != slice) {
+                scores.push((slice.clone(), score));
+            }
+        }
+    }
+}
+
+/// The first block holding a unit in which genomes `a` and `b` differ (`n_blocks` if none
+/// does); `unit_block` gives every unit's block.
+pub fn first_changed_block(a: &Genome, b: &Genome, unit_block: &[usize], n_blocks: usize) -> usize {
+    (a.0.iter().zip(&b.0))
+        .zip(unit_block)
+        .filter(|((x, y), _)| x != y)
+        .map(|(_, &block)| block)
+        .min()
+        .unwrap_or(n_blocks)
+}
+
 /// Where candidate evaluation spends its time, summed over the process: blocks, the LM head,
 /// the fitness reduction over the logits, and building stage caches. Read by `evopress bench
 /// search` to profile a generation; the counters cost a clock read per slice.
@@ -359,6 +500,7 @@ pub struct SwapEvaluator<'a> {
     n_blocks: usize,
     cache_cap_bytes: usize,
     stage: Option<(Genome, StageCache)>,
+    memo: ParentMemo,
     /// The last genome assembled, reused across its slices.
     assembled: Option<(Genome, Model)>,
     /// Blocks run over all evaluations (what incremental evaluation saves shows here).
@@ -383,6 +525,7 @@ impl<'a> SwapEvaluator<'a> {
             n_blocks: model.layers.len(),
             cache_cap_bytes,
             stage: None,
+            memo: ParentMemo::default(),
             assembled: None,
             blocks_run: 0,
         }
@@ -400,13 +543,20 @@ impl Evaluator for SwapEvaluator<'_> {
     fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> SearchResult<()> {
         let model = (self.assemble)(parent)?;
         let plan = vec![BlockPlan::FULL; self.n_blocks];
-        let cache = StageCache::build(
+        let (unit_block, embedding_unit) = (&self.unit_block, self.embedding_unit);
+        let first_diff = |old: &Genome| {
+            let embedding_changed = embedding_unit.is_some_and(|u| old.0.get(u) != parent.0.get(u));
+            (!embedding_changed).then(|| first_changed_block(old, parent, unit_block, plan.len()))
+        };
+        let cache = self.memo.stage_cache(
             &model,
             self.dev,
             self.cal,
             batch.slices.clone(),
+            parent,
             &plan,
             self.cache_cap_bytes,
+            first_diff,
         )?;
         self.stage = Some((parent.clone(), cache));
         Ok(())
@@ -423,12 +573,7 @@ impl Evaluator for SwapEvaluator<'_> {
             .as_ref()
             .filter(|(_, c)| c.is_for(batch))
             .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
-        let first_diff = (genome.0.iter().zip(&parent.0))
-            .zip(&self.unit_block)
-            .filter(|((a, b), _)| a != b)
-            .map(|(_, &block)| block)
-            .min()
-            .unwrap_or(self.n_blocks);
+        let first_diff = first_changed_block(genome, parent, &self.unit_block, self.n_blocks);
         let embedding_changed = self
             .embedding_unit
             .is_some_and(|u| genome.0.get(u) != parent.0.get(u));
@@ -437,16 +582,25 @@ impl Evaluator for SwapEvaluator<'_> {
         } else {
             None
         };
+        if genome == parent && from.is_some() {
+            if let Some(s) = self.memo.known_parent_score(&batch.slices[slice]) {
+                return Ok(s);
+            }
+        }
         self.blocks_run += (self.n_blocks - from.unwrap_or(0)) as u64;
         if self.assembled.as_ref().is_none_or(|(g, _)| g != genome) {
             self.assembled = Some((genome.clone(), (self.assemble)(genome)?));
         }
         let model = &self.assembled.as_ref().expect("just assembled").1;
         let plan = vec![BlockPlan::FULL; self.n_blocks];
-        Ok(match from {
+        let score = match from {
             Some(from) => cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?,
             None => cache.score_slice_from_embedding(model, self.dev, self.cal, &plan, slice)?,
-        })
+        };
+        if genome == parent && from.is_some() {
+            self.memo.remember_parent_score(&batch.slices[slice], score);
+        }
+        Ok(score)
     }
 
     fn sums_are_nonnegative(&self) -> bool {

@@ -3,7 +3,7 @@
 //! block where it differs from the stage's parent, on the parent's cached block inputs. The
 //! result is bit-identical to a full forward (see [`evopress_core::evaluate`]).
 
-use evopress_core::evaluate::{Calibration, StageCache};
+use evopress_core::evaluate::{first_changed_block, Calibration, ParentMemo, StageCache};
 use evopress_core::{BlockPlan, Candidate, Error, Model};
 use evopress_kernels::Device;
 use evopress_search::{Evaluator, Genome, Result, Score, TokenBatch};
@@ -20,6 +20,7 @@ pub struct JointEvaluator<'a> {
     n_blocks: usize,
     cache_cap_bytes: usize,
     stage: Option<(Genome, StageCache)>,
+    memo: ParentMemo,
     /// The last genome built, reused across its slices.
     built: Option<(Genome, Model, Vec<BlockPlan>)>,
     /// Blocks run over all evaluations.
@@ -43,6 +44,7 @@ impl<'a> JointEvaluator<'a> {
             n_blocks: model.layers.len(),
             cache_cap_bytes,
             stage: None,
+            memo: ParentMemo::default(),
             built: None,
             blocks_run: 0,
         }
@@ -52,13 +54,18 @@ impl<'a> JointEvaluator<'a> {
 impl Evaluator for JointEvaluator<'_> {
     fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
         let c = (self.build)(parent)?;
-        let cache = StageCache::build(
+        let (unit_block, n_blocks) = (&self.unit_block, self.n_blocks);
+        let first_diff =
+            |old: &Genome| Some(first_changed_block(old, parent, unit_block, n_blocks));
+        let cache = self.memo.stage_cache(
             &c.model,
             self.dev,
             self.cal,
             batch.slices.clone(),
+            parent,
             &c.plan,
             self.cache_cap_bytes,
+            first_diff,
         )?;
         self.stage = Some((parent.clone(), cache));
         Ok(())
@@ -70,20 +77,27 @@ impl Evaluator for JointEvaluator<'_> {
             .as_ref()
             .filter(|(_, c)| c.is_for(batch))
             .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
-        let first_diff = (genome.0.iter().zip(&parent.0))
-            .zip(&self.unit_block)
-            .filter(|((a, b), _)| a != b)
-            .map(|(_, &block)| block)
-            .min()
-            .unwrap_or(self.n_blocks);
-        let from = if cache.is_cached() { first_diff } else { 0 };
+        let is_parent = genome == parent && cache.is_cached();
+        if let Some(s) = (self.memo.known_parent_score(&batch.slices[slice])).filter(|_| is_parent)
+        {
+            return Ok(s);
+        }
+        let from = if cache.is_cached() {
+            first_changed_block(genome, parent, &self.unit_block, self.n_blocks)
+        } else {
+            0
+        };
         self.blocks_run += (self.n_blocks - from) as u64;
         if self.built.as_ref().is_none_or(|(g, _, _)| g != genome) {
             let c = (self.build)(genome)?;
             self.built = Some((genome.clone(), c.model, c.plan));
         }
         let (_, model, plan) = self.built.as_ref().expect("just built");
-        Ok(cache.score_slice(model, self.dev, self.cal, plan, from, slice)?)
+        let score = cache.score_slice(model, self.dev, self.cal, plan, from, slice)?;
+        if is_parent {
+            self.memo.remember_parent_score(&batch.slices[slice], score);
+        }
+        Ok(score)
     }
 
     fn sums_are_nonnegative(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use crate::drop_config;
 use crate::space::DepthLayout;
-use evopress_core::evaluate::{Calibration, StageCache};
+use evopress_core::evaluate::{Calibration, ParentMemo, StageCache};
 use evopress_core::{BlockPlan, Error, Model};
 use evopress_kernels::Device;
 use evopress_search::{Evaluator, Genome, Result, Score, TokenBatch};
@@ -16,9 +16,13 @@ pub struct DepthEvaluator<'a> {
     layout: DepthLayout,
     /// Largest parent-activation cache per stage; 0 disables incremental evaluation.
     cache_cap_bytes: usize,
-    stage: Option<(Vec<BlockPlan>, StageCache)>,
+    /// The stage's parent, its plan and cache.
+    stage: Option<(Genome, Vec<BlockPlan>, StageCache)>,
+    memo: ParentMemo,
     /// Blocks run over all evaluations, for the benchmark's saving figure.
     pub blocks_run: u64,
+    /// Blocks run to build stage caches.
+    pub cache_blocks_run: u64,
 }
 
 impl<'a> DepthEvaluator<'a> {
@@ -36,7 +40,9 @@ impl<'a> DepthEvaluator<'a> {
             layout,
             cache_cap_bytes,
             stage: None,
+            memo: ParentMemo::default(),
             blocks_run: 0,
+            cache_blocks_run: 0,
         }
     }
 
@@ -48,34 +54,55 @@ impl<'a> DepthEvaluator<'a> {
 impl Evaluator for DepthEvaluator<'_> {
     fn begin_stage(&mut self, batch: &TokenBatch, parent: &Genome) -> Result<()> {
         let plan = self.plan(parent);
-        let cache = StageCache::build(
+        let layout = self.layout;
+        let first_diff =
+            |old: &Genome| Some(first_diff(&drop_config::plan(&layout.drops(old)), &plan));
+        let cache = self.memo.stage_cache(
             self.model,
             self.dev,
             self.cal,
             batch.slices.clone(),
+            parent,
             &plan,
             self.cache_cap_bytes,
+            first_diff,
         )?;
-        self.stage = Some((plan, cache));
+        self.cache_blocks_run += cache.blocks_run as u64;
+        self.stage = Some((parent.clone(), plan, cache));
         Ok(())
     }
 
     fn score_slice(&mut self, genome: &Genome, batch: &TokenBatch, slice: usize) -> Result<Score> {
-        let (parent, cache) = self
+        let (parent, parent_plan, cache) = self
             .stage
             .as_ref()
-            .filter(|(_, c)| c.is_for(batch))
+            .filter(|(_, _, c)| c.is_for(batch))
             .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
         let plan = self.plan(genome);
-        let first_diff = (0..plan.len())
-            .find(|&i| plan[i] != parent[i])
-            .unwrap_or(plan.len());
-        let from = if cache.is_cached() { first_diff } else { 0 };
+        let from = if cache.is_cached() {
+            first_diff(&plan, parent_plan)
+        } else {
+            0
+        };
+        let is_parent = genome == parent && cache.is_cached();
+        if let Some(s) = (self.memo.known_parent_score(&batch.slices[slice])).filter(|_| is_parent)
+        {
+            return Ok(s);
+        }
         self.blocks_run += (plan.len() - from) as u64;
-        Ok(cache.score_slice(self.model, self.dev, self.cal, &plan, from, slice)?)
+        let score = cache.score_slice(self.model, self.dev, self.cal, &plan, from, slice)?;
+        if is_parent {
+            self.memo.remember_parent_score(&batch.slices[slice], score);
+        }
+        Ok(score)
     }
 
     fn sums_are_nonnegative(&self) -> bool {
         true
     }
+}
+
+/// The first block in which plans `a` and `b` differ (their length if none).
+fn first_diff(a: &[BlockPlan], b: &[BlockPlan]) -> usize {
+    (0..a.len()).find(|&i| a[i] != b[i]).unwrap_or(a.len())
 }

@@ -63,12 +63,7 @@ fn incremental_evaluation_equals_full_evaluation_bit_for_bit() {
     for _ in 0..6 {
         // A child differing from the parent in a random late block: the incremental path
         // starts there.
-        let mut drops: DropMask = layout.drops(&parent);
-        let (i, j) = (rng.gen_range(0..30), rng.gen_range(0..30));
-        if drops.attn[i] != drops.attn[j] {
-            drops.attn.swap(i, j);
-        }
-        let child: Genome = layout.genome(&drops).unwrap();
+        let child = swap_two_attention_drops(layout, &parent, &mut rng);
         let a = fitness(&mut incremental, &child, &batch).unwrap();
         let b = fitness(&mut full, &child, &batch).unwrap();
         assert_eq!(a.to_bits(), b.to_bits(), "incremental {a} vs full {b}");
@@ -76,6 +71,73 @@ fn incremental_evaluation_equals_full_evaluation_bit_for_bit() {
     assert!(
         incremental.blocks_run < full.blocks_run,
         "the cache saved no work"
+    );
+}
+
+/// A child of `parent` with two attention drops swapped (or `parent` itself when both
+/// picked blocks drop alike).
+fn swap_two_attention_drops(layout: DepthLayout, parent: &Genome, rng: &mut impl Rng) -> Genome {
+    let mut drops: DropMask = layout.drops(parent);
+    let (i, j) = (rng.gen_range(0..30), rng.gen_range(0..30));
+    if drops.attn[i] != drops.attn[j] {
+        drops.attn.swap(i, j);
+    }
+    layout.genome(&drops).unwrap()
+}
+
+#[test]
+fn boundaries_and_parent_scores_kept_across_stages_change_no_bit() {
+    let m = &model().model;
+    let cal = calibration(4, 48);
+    let layout = DepthLayout {
+        n_blocks: m.layers.len(),
+        entire_block: false,
+    };
+    let space = layout.space(4, None).unwrap();
+    let mut kept = DepthEvaluator::new(m, &Cpu, &cal, layout, usize::MAX);
+    let mut fresh_blocks = 0;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let mut parent = evopress_search::init::random_start(&space, &mut rng).unwrap();
+    for stage in 0..8 {
+        // The parent changes every other stage; two of the four samples, the second one
+        // sometimes cut short, so that slices recur both whole and truncated.
+        if stage % 2 == 1 {
+            parent = swap_two_attention_drops(layout, &parent, &mut rng);
+        }
+        let a = rng.gen_range(0..4);
+        let b = (a + rng.gen_range(1..4)) % 4;
+        let cut = if rng.gen_bool(0.5) { 24 } else { 48 };
+        let batch = TokenBatch {
+            slices: vec![
+                TokenSlice {
+                    sample: a,
+                    tokens: 0..48,
+                },
+                TokenSlice {
+                    sample: b,
+                    tokens: 0..cut,
+                },
+            ],
+        };
+        let mut fresh = DepthEvaluator::new(m, &Cpu, &cal, layout, usize::MAX);
+        kept.begin_stage(&batch, &parent).unwrap();
+        fresh.begin_stage(&batch, &parent).unwrap();
+        fresh_blocks += fresh.cache_blocks_run;
+        let child = swap_two_attention_drops(layout, &parent, &mut rng);
+        for genome in [&parent, &child, &parent] {
+            let x = fitness(&mut kept, genome, &batch).unwrap();
+            let y = fitness(&mut fresh, genome, &batch).unwrap();
+            assert_eq!(
+                x.to_bits(),
+                y.to_bits(),
+                "stage {stage}: kept {x} vs fresh {y}"
+            );
+        }
+    }
+    assert!(
+        kept.cache_blocks_run < fresh_blocks,
+        "nothing was reused: {} blocks against {fresh_blocks}",
+        kept.cache_blocks_run
     );
 }
 
