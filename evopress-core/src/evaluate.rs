@@ -388,10 +388,14 @@ impl ParentMemo {
         }
         let kept = &self.kept;
         // How far each kept entry holds for this parent.
-        let holds: Vec<Option<usize>> = (kept.iter())
-            .map(|(g, _, _)| match g == parent {
-                true => Some(plan.len()),
-                false => first_diff(g),
+        let holds: Vec<Option<usize>> = kept
+            .iter()
+            .map(|(g, _, _)| {
+                if g == parent {
+                    Some(plan.len())
+                } else {
+                    first_diff(g)
+                }
             })
             .collect();
         let cache = StageCache::build_reusing(model, dev, cal, slices, plan, cap_bytes, |s| {
@@ -413,8 +417,13 @@ impl ParentMemo {
         });
         older.reverse();
         self.kept = older;
-        let current = (cache.slices.iter().cloned()).zip(cache.inputs.iter().cloned());
-        (self.kept).extend(current.map(|(s, b)| (parent.clone(), s, b)));
+        let current = cache
+            .slices
+            .iter()
+            .cloned()
+            .zip(cache.inputs.iter().cloned());
+        self.kept
+            .extend(current.map(|(s, b)| (parent.clone(), s, b)));
         Ok(cache)
     }
 
