@@ -427,19 +427,23 @@ impl ParentMemo {
         Ok(cache)
     }
 
-    /// The current parent's score on `slice`, if it was scored on it before.
-    pub fn known_parent_score(&self, slice: &Slice) -> Option<Score> {
-        let (_, scores) = self.scores.as_ref()?;
-        scores.iter().find(|(k, _)| k == slice).map(|(_, s)| *s)
-    }
-
-    /// Records the current parent's score on `slice`.
-    pub fn remember_parent_score(&mut self, slice: &Slice, score: Score) {
-        if let Some((_, scores)) = &mut self.scores {
-            if scores.iter().all(|(k, _)| k != slice) {
-                scores.push((slice.clone(), score));
-            }
+    /// A genome's score on `slice` from `score`, except that the current parent's
+    /// (`is_parent`) is computed once per slice and then remembered.
+    pub fn score(
+        &mut self,
+        is_parent: bool,
+        slice: &Slice,
+        score: impl FnOnce() -> Result<Score>,
+    ) -> Result<Score> {
+        let Some((_, scores)) = self.scores.as_mut().filter(|_| is_parent) else {
+            return score();
+        };
+        if let Some((_, s)) = scores.iter().find(|(k, _)| k == slice) {
+            return Ok(*s);
         }
+        let s = score()?;
+        scores.push((slice.clone(), s));
+        Ok(s)
     }
 }
 
@@ -591,25 +595,22 @@ impl Evaluator for SwapEvaluator<'_> {
         } else {
             None
         };
-        if genome == parent && from.is_some() {
-            if let Some(s) = self.memo.known_parent_score(&batch.slices[slice]) {
-                return Ok(s);
+        let is_parent = genome == parent && from.is_some();
+        let (dev, cal, n_blocks) = (self.dev, self.cal, self.n_blocks);
+        let (assemble, assembled) = (&self.assemble, &mut self.assembled);
+        let blocks_run = &mut self.blocks_run;
+        Ok(self.memo.score(is_parent, &batch.slices[slice], || {
+            *blocks_run += (n_blocks - from.unwrap_or(0)) as u64;
+            if assembled.as_ref().is_none_or(|(g, _)| g != genome) {
+                *assembled = Some((genome.clone(), assemble(genome)?));
             }
-        }
-        self.blocks_run += (self.n_blocks - from.unwrap_or(0)) as u64;
-        if self.assembled.as_ref().is_none_or(|(g, _)| g != genome) {
-            self.assembled = Some((genome.clone(), (self.assemble)(genome)?));
-        }
-        let model = &self.assembled.as_ref().expect("just assembled").1;
-        let plan = vec![BlockPlan::FULL; self.n_blocks];
-        let score = match from {
-            Some(from) => cache.score_slice(model, self.dev, self.cal, &plan, from, slice)?,
-            None => cache.score_slice_from_embedding(model, self.dev, self.cal, &plan, slice)?,
-        };
-        if genome == parent && from.is_some() {
-            self.memo.remember_parent_score(&batch.slices[slice], score);
-        }
-        Ok(score)
+            let model = &assembled.as_ref().expect("just assembled").1;
+            let plan = vec![BlockPlan::FULL; n_blocks];
+            match from {
+                Some(from) => cache.score_slice(model, dev, cal, &plan, from, slice),
+                None => cache.score_slice_from_embedding(model, dev, cal, &plan, slice),
+            }
+        })?)
     }
 
     fn sums_are_nonnegative(&self) -> bool {

@@ -78,26 +78,23 @@ impl Evaluator for JointEvaluator<'_> {
             .filter(|(_, c)| c.is_for(batch))
             .ok_or_else(|| Error::Invalid("evaluate called outside its stage".into()))?;
         let is_parent = genome == parent && cache.is_cached();
-        if let Some(s) = (self.memo.known_parent_score(&batch.slices[slice])).filter(|_| is_parent)
-        {
-            return Ok(s);
-        }
         let from = if cache.is_cached() {
             first_changed_block(genome, parent, &self.unit_block, self.n_blocks)
         } else {
             0
         };
-        self.blocks_run += (self.n_blocks - from) as u64;
-        if self.built.as_ref().is_none_or(|(g, _, _)| g != genome) {
-            let c = (self.build)(genome)?;
-            self.built = Some((genome.clone(), c.model, c.plan));
-        }
-        let (_, model, plan) = self.built.as_ref().expect("just built");
-        let score = cache.score_slice(model, self.dev, self.cal, plan, from, slice)?;
-        if is_parent {
-            self.memo.remember_parent_score(&batch.slices[slice], score);
-        }
-        Ok(score)
+        let (dev, cal, n_blocks) = (self.dev, self.cal, self.n_blocks);
+        let (build, built) = (&self.build, &mut self.built);
+        let blocks_run = &mut self.blocks_run;
+        Ok(self.memo.score(is_parent, &batch.slices[slice], || {
+            *blocks_run += (n_blocks - from) as u64;
+            if built.as_ref().is_none_or(|(g, _, _)| g != genome) {
+                let c = build(genome)?;
+                *built = Some((genome.clone(), c.model, c.plan));
+            }
+            let (_, model, plan) = built.as_ref().expect("just built");
+            cache.score_slice(model, dev, cal, plan, from, slice)
+        })?)
     }
 
     fn sums_are_nonnegative(&self) -> bool {

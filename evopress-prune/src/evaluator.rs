@@ -85,16 +85,12 @@ impl Evaluator for DepthEvaluator<'_> {
             0
         };
         let is_parent = genome == parent && cache.is_cached();
-        if let Some(s) = (self.memo.known_parent_score(&batch.slices[slice])).filter(|_| is_parent)
-        {
-            return Ok(s);
-        }
-        self.blocks_run += (plan.len() - from) as u64;
-        let score = cache.score_slice(self.model, self.dev, self.cal, &plan, from, slice)?;
-        if is_parent {
-            self.memo.remember_parent_score(&batch.slices[slice], score);
-        }
-        Ok(score)
+        let (model, dev, cal) = (self.model, self.dev, self.cal);
+        let blocks_run = &mut self.blocks_run;
+        Ok(self.memo.score(is_parent, &batch.slices[slice], || {
+            *blocks_run += (plan.len() - from) as u64;
+            cache.score_slice(model, dev, cal, &plan, from, slice)
+        })?)
     }
 
     fn sums_are_nonnegative(&self) -> bool {
