@@ -452,3 +452,72 @@ fn zero_counts_are_refused_and_errors_carry_no_backtrace() {
     );
     assert!(!err.contains("backtrace"), "{err}");
 }
+
+/// `tiny_config` calibrated on `calibration` (the lines after `[calibration]`) instead.
+fn tiny_config_calibrated_on(dir: &Path, calibration: &str) -> PathBuf {
+    let cfg = tiny_config(dir, "", "sparsity = 0.1");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "files = [\"assets/sotu/17*.txt\"]\nseq_len = 64\nwindows = 6\n",
+        calibration,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Calibration on text the model writes itself (docs/calibration.md): no files needed, the
+/// windows kept next to the results and read back by a rerun with the same settings (the
+/// file is not rewritten), written anew when a setting changes.
+#[test]
+fn generated_calibration_is_kept_and_reused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config_calibrated_on(dir.path(), "seq_len = 64\nwindows = 0\ngenerated = 3\n");
+    search_ok(&cfg, &[]);
+    let kept = dir.path().join("out/generated-calibration.json");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    let windows = file["tokens"].as_array().unwrap();
+    assert_eq!(windows.len(), 3);
+    assert!(windows.iter().all(|w| w.as_array().unwrap().len() == 64));
+    assert_eq!(file["text"].as_array().unwrap().len(), 3);
+    let first = result_without_timing(dir.path());
+    let inode = std::fs::metadata(&kept).unwrap().ino();
+
+    search_ok(&cfg, &["--force"]);
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().ino(),
+        inode,
+        "read back, not rewritten"
+    );
+    assert_eq!(result_without_timing(dir.path()), first);
+
+    let cooler = tiny_config_calibrated_on(
+        dir.path(),
+        "seq_len = 64\nwindows = 0\ngenerated = 3\ntemperature = 0.5\n",
+    );
+    search_ok(&cooler, &["--force"]);
+    let rewritten: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    assert_eq!(rewritten["generation"]["temperature"], 0.5);
+    assert_ne!(rewritten["tokens"], file["tokens"]);
+}
+
+#[test]
+fn calibration_without_windows_or_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (calibration, key) in [
+        ("seq_len = 64\nwindows = 0\n", "calibration.windows"),
+        (
+            "seq_len = 64\nwindows = 4\ngenerated = 2\n",
+            "calibration.files",
+        ),
+        (
+            "seq_len = 64\nwindows = 0\ngenerated = 2\ntemperature = -1.0\n",
+            "calibration.temperature",
+        ),
+    ] {
+        let cfg = tiny_config_calibrated_on(dir.path(), calibration);
+        let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);
+        assert!(err.contains(key), "{calibration}: {err}");
+    }
+}

@@ -29,6 +29,7 @@ pub mod level_config;
 pub mod load;
 pub mod method;
 pub mod model;
+pub mod self_text;
 pub mod source;
 pub mod store;
 pub mod tokenizer;

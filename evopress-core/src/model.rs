@@ -81,7 +81,8 @@ impl BlockPlan {
     };
 }
 
-/// Keys and values of every past position, per layer, for one sequence (greedy decoding).
+/// Keys and values of every past position, per layer, for one sequence (decoding). A batch
+/// of sequences decoded in lockstep holds one cache each.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     keys: Vec<Vec<f32>>,
@@ -439,7 +440,8 @@ impl Model {
     }
 
     /// Runs block `index` in place on the residual stream `h` (`[layout.tokens(), hidden]`).
-    /// With a cache (batch 1), keys and values are appended and attention sees the past.
+    /// With caches (one per sequence of the batch), keys and values are appended and
+    /// attention sees the past.
     pub fn block_forward<D: Device + ?Sized>(
         &self,
         dev: &D,
@@ -447,7 +449,7 @@ impl Model {
         h: &mut [f32],
         layout: Layout,
         plan: BlockPlan,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut [KvCache]>,
     ) {
         let mut scratch = Scratch::default();
         self.block_forward_in(dev, index, h, layout, plan, cache, &mut scratch);
@@ -489,7 +491,7 @@ impl Model {
         h: &mut [f32],
         layout: Layout,
         plan: BlockPlan,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut [KvCache]>,
         scratch: &mut Scratch,
     ) {
         let block = &self.layers[index];
@@ -506,7 +508,7 @@ impl Model {
         h: &mut [f32],
         layout: Layout,
         plan: BlockPlan,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut [KvCache]>,
         scratch: &mut Scratch,
         mut tap: Tap<'_>,
     ) {
@@ -519,12 +521,14 @@ impl Model {
             let s = &mut scratch.attn;
             let out = self.attention(dev, attn, index, normed, layout, cache, s, &mut tap);
             dev.add_assign(h, out);
-        } else if let Some(cache) = cache {
+        } else if let Some(caches) = cache {
             // A dropped attention still occupies its cache slots, so every layer's cache
             // stays the same length: fill them with zeros (never read by this layer).
             let kv_dim = self.config.num_key_value_heads * self.config.head_dim;
-            cache.keys[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
-            cache.values[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
+            for cache in caches {
+                cache.keys[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
+                cache.values[index].resize((layout.pos0 + layout.seq) * kv_dim, 0.0);
+            }
         }
         if plan.mlp {
             dev.rms_norm(h, &block.post_attention_layernorm, eps, normed);
@@ -543,7 +547,7 @@ impl Model {
         index: usize,
         x: &[f32],
         layout: Layout,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut [KvCache]>,
         s: &'s mut AttnScratch,
         tap: &mut Tap<'_>,
     ) -> &'s [f32] {
@@ -573,19 +577,26 @@ impl Model {
             head_dim: c.head_dim,
         };
         match cache {
-            Some(cache) => {
-                assert_eq!(layout.batch, 1, "the KV cache holds one sequence");
-                assert_eq!(layout.pos0, cache.keys[index].len() / kv_dim);
-                cache.keys[index].extend_from_slice(k);
-                cache.values[index].extend_from_slice(v);
+            Some(caches) => {
+                // Each sequence attends over its own cache: one batch-1 attention apiece.
+                assert_eq!(caches.len(), layout.batch, "one KV cache per sequence");
                 let kv_len = layout.pos0 + layout.seq;
-                dev.attention(
-                    q,
-                    &cache.keys[index],
-                    &cache.values[index],
-                    ctx,
-                    shape(kv_len),
-                );
+                let (q_rows, kv_rows) = (layout.seq * q_dim, layout.seq * kv_dim);
+                for (b, cache) in caches.iter_mut().enumerate() {
+                    assert_eq!(layout.pos0, cache.keys[index].len() / kv_dim);
+                    cache.keys[index].extend_from_slice(&k[b * kv_rows..(b + 1) * kv_rows]);
+                    cache.values[index].extend_from_slice(&v[b * kv_rows..(b + 1) * kv_rows]);
+                    dev.attention(
+                        &q[b * q_rows..(b + 1) * q_rows],
+                        &cache.keys[index],
+                        &cache.values[index],
+                        &mut ctx[b * q_rows..(b + 1) * q_rows],
+                        AttnShape {
+                            batch: 1,
+                            ..shape(kv_len)
+                        },
+                    );
+                }
             }
             None => dev.attention(q, k, v, ctx, shape(layout.seq)),
         }
@@ -732,20 +743,55 @@ impl Model {
         cache: &mut KvCache,
         plan: &[BlockPlan],
     ) -> Result<Vec<f32>> {
+        self.step_batch(dev, tokens, std::slice::from_mut(cache), plan)
+    }
+
+    /// Feeds `caches.len()` sequences, `tokens.len() / caches.len()` new tokens each laid
+    /// end to end, after their cached positions (the same count for every sequence), and
+    /// returns the logits `[batch, vocab]` of each one's last token. Decoding many
+    /// sequences in lockstep reads every weight once per step for all of them.
+    pub fn step_batch<D: Device + ?Sized>(
+        &self,
+        dev: &D,
+        tokens: &[u32],
+        caches: &mut [KvCache],
+        plan: &[BlockPlan],
+    ) -> Result<Vec<f32>> {
+        let batch = caches.len();
+        let pos0 = caches.first().map_or(0, |c| c.len);
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
+            return Err(Error::Invalid(format!(
+                "{} tokens do not split into {batch} sequences",
+                tokens.len()
+            )));
+        }
+        if caches.iter().any(|c| c.len != pos0) {
+            return Err(Error::Invalid(
+                "sequences decoded together must have the same number of cached positions".into(),
+            ));
+        }
         let layout = Layout {
-            batch: 1,
-            seq: tokens.len(),
-            pos0: cache.len,
+            batch,
+            seq: tokens.len() / batch,
+            pos0,
         };
         self.check_layout(layout, plan)?;
         let mut h = self.embed(tokens)?;
         let mut scratch = Scratch::default();
         for (i, &p) in plan.iter().enumerate() {
-            self.block_forward_in(dev, i, &mut h, layout, p, Some(cache), &mut scratch);
+            self.block_forward_in(dev, i, &mut h, layout, p, Some(&mut *caches), &mut scratch);
         }
-        cache.len += tokens.len();
-        let last = &h[(tokens.len() - 1) * self.hidden_size()..];
-        Ok(self.lm_head(dev, &self.final_norm(dev, last)))
+        for cache in caches.iter_mut() {
+            cache.len += layout.seq;
+        }
+        let hidden = self.hidden_size();
+        let last: Vec<f32> = (0..batch)
+            .flat_map(|b| {
+                let row = (b + 1) * layout.seq - 1;
+                h[row * hidden..(row + 1) * hidden].iter().copied()
+            })
+            .collect();
+        Ok(self.lm_head(dev, &self.final_norm(dev, &last)))
     }
 
     /// Greedy decoding: `max_tokens` new ids after `prompt`, stopping early at `stop`.

@@ -247,7 +247,7 @@ pub fn run_baselines(
     };
     let held_out = session.held_out_windows(&cfg.eval)?;
     let reference = session.dense_reference(held_out)?;
-    let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
+    let cal = session.calibrate(&cfg.calibration, &cfg.fitness, Some(out))?;
     let batch = cfg.baselines.batch(&cal.sample_lens());
     let computed = compute(&session, backend.as_ref(), &cal, &batch, &names)?;
     for c in &computed {

@@ -60,7 +60,7 @@ pub fn search(
     let session = Session::open(&cfg.model, dev, true)?;
     let model = &session.loaded.model;
     let backend = method.open(&section, model)?;
-    let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
+    let cal = session.calibrate(&cfg.calibration, &cfg.fitness, None)?;
     let lens = cal.sample_lens();
     let cache_cap = (cfg.fitness.stage_cache_gb * 1e9) as usize;
     let modes = [

@@ -43,10 +43,11 @@ pub fn run_build(
     let _lock = DirLock::acquire(&dir, "building a database")?;
     let session = Session::open(&cfg.model, dev, quiet)?;
     let model = &session.loaded.model;
-    let bar = progress::spinner("tokenizing calibration files", quiet);
-    let windows = cfg.calibration.windows(session.loaded.tokenizer()?)?;
-    bar.finish_and_clear();
-    let files = expand_files(&cfg.calibration.files, "calibration.files")?;
+    let windows = session.calibration_windows(&cfg.calibration, Some(&dir))?;
+    let files = match cfg.calibration.windows {
+        0 => Vec::new(),
+        _ => expand_files(&cfg.calibration.files, "calibration.files")?,
+    };
     let info = CalibrationInfo {
         files: (files.iter())
             .map(|p| {
@@ -56,10 +57,12 @@ pub fn run_build(
             })
             .collect(),
         seq_len: cfg.calibration.seq_len,
-        windows: windows.len(),
+        windows: cfg.calibration.windows,
         sampling: cfg.calibration.sampling,
         seed: cfg.calibration.seed,
         tokens: windows.iter().map(Vec::len).sum(),
+        generated: cfg.calibration.generated,
+        temperature: (cfg.calibration.generated > 0).then_some(cfg.calibration.temperature),
     };
     let pre = progress::bar(0, "preparing", quiet);
     let on_pre = |what: &str, done: usize, total: usize| {

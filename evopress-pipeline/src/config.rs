@@ -54,18 +54,32 @@ pub enum ModelWeights {
     F16,
 }
 
-/// Calibration text: files (glob patterns allowed) cut into windows.
+/// Calibration text: files (glob patterns allowed) cut into windows, and windows the dense
+/// model writes itself mixed in evenly (docs/calibration.md).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CalibrationSection {
+    #[serde(default)]
     pub files: Vec<String>,
     pub seq_len: usize,
-    /// Number of windows (calibration tokens = windows x seq_len).
+    /// Number of windows cut from the files (their tokens = windows x seq_len).
     pub windows: usize,
     #[serde(default = "default_sampling")]
     pub sampling: Sampling,
     #[serde(default)]
     pub seed: u64,
+    /// Windows of `seq_len` tokens sampled from the dense model after its BOS token, added to
+    /// the files' windows: they keep a fitness measured on one domain's text from ranking
+    /// compressions by that domain alone.
+    #[serde(default)]
+    pub generated: usize,
+    /// Softmax temperature of the generated windows (1: the model's own distribution).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+}
+
+fn default_temperature() -> f64 {
+    1.0
 }
 
 fn default_sampling() -> Sampling {
@@ -267,15 +281,45 @@ impl CalibrationSection {
                 "must be at least 2 (one token predicts the next)",
             ));
         }
-        if self.windows == 0 {
-            return Err(invalid(&format!("{key}.windows"), "must be at least 1"));
+        if self.windows + self.generated == 0 {
+            return Err(invalid(
+                &format!("{key}.windows"),
+                "must be at least 1 (or `generated` must be)",
+            ));
+        }
+        if self.windows > 0 {
+            expand_files(&self.files, &format!("{key}.files")).map_err(|e| {
+                Error::Invalid(format!(
+                    "{e} (with `windows = 0` and `generated` set, no files are needed)"
+                ))
+            })?;
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(invalid(
+                &format!("{key}.temperature"),
+                "must be a finite number >= 0",
+            ));
         }
         Ok(())
     }
 
-    pub fn windows(&self, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+    /// The windows cut from the files (none when `windows = 0`).
+    pub fn file_windows(&self, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+        if self.windows == 0 {
+            return Ok(Vec::new());
+        }
         let files = tokenize_files(&self.files, "calibration.files", tok)?;
         data::calibration_windows(&files, self.seq_len, self.windows, self.sampling, self.seed)
+    }
+
+    /// What the generated windows are, for [`evopress_core::self_text::generate_windows`].
+    pub fn generation(&self) -> evopress_core::self_text::Generation {
+        evopress_core::self_text::Generation {
+            windows: self.generated,
+            seq_len: self.seq_len,
+            temperature: self.temperature,
+            seed: self.seed,
+        }
     }
 }
 
@@ -302,7 +346,6 @@ impl RunConfig {
         let at = |e: Error| Error::format(path, e.to_string());
         cfg.search.validate().map_err(|e| at(e.into()))?;
         cfg.calibration.validate("calibration").map_err(at)?;
-        expand_files(&cfg.calibration.files, "calibration.files").map_err(at)?;
         cfg.eval.validate().map_err(at)?;
         cfg.fitness.validate().map_err(at)?;
         split_kind(&cfg.backend, "[backend]").map_err(at)?;
@@ -327,7 +370,6 @@ impl DbConfig {
         let cfg: DbConfig = read_toml(path)?;
         let at = |e: Error| Error::format(path, e.to_string());
         cfg.calibration.validate("calibration").map_err(at)?;
-        expand_files(&cfg.calibration.files, "calibration.files").map_err(at)?;
         cfg.parts().map_err(at)?;
         Ok(cfg)
     }

@@ -159,7 +159,7 @@ pub fn run_search(
     let model = &session.loaded.model;
     let backend = method.open(&section, model)?;
     let held_out = session.held_out_windows(&cfg.eval)?;
-    let cal = session.calibrate(&cfg.calibration, &cfg.fitness)?;
+    let cal = session.calibrate(&cfg.calibration, &cfg.fitness, Some(&out))?;
     let run = Run {
         started,
         cfg: &cfg,

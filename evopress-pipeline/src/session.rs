@@ -6,10 +6,13 @@ use crate::config::{CalibrationSection, EvalSection, FitnessSection, ModelSectio
 use crate::progress;
 use evopress_core::data;
 use evopress_core::evaluate::Calibration;
+use evopress_core::fsutil::write_atomically;
 use evopress_core::gguf::{GgufFile, GgufWeights};
 use evopress_core::held_out::{DenseReference, HeldOutScore};
+use evopress_core::self_text::{self, Generation};
 use evopress_core::{load_model_with, Candidate, Error, LoadOptions, LoadedModel, Result};
 use evopress_kernels::Device;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const GB: f64 = 1e9;
@@ -21,6 +24,8 @@ pub struct Session<'d> {
     pub quiet: bool,
     /// What the model's GGUF block-format tensors were loaded as (`[model] weights` resolved).
     pub gguf_weights: GgufWeights,
+    /// The model file's name and size, which generated calibration text is tied to.
+    model_name: String,
 }
 
 impl<'d> Session<'d> {
@@ -35,20 +40,21 @@ impl<'d> Session<'d> {
             dev,
             quiet,
             gguf_weights,
+            model_name: model_identity(path),
         })
     }
 
-    /// The calibration windows and the dense model's targets on them.
+    /// The calibration windows and the dense model's targets on them; generated windows are
+    /// kept in `keep_in` (see [`Session::calibration_windows`]).
     pub fn calibrate(
         &self,
         section: &CalibrationSection,
         fitness: &FitnessSection,
+        keep_in: Option<&Path>,
     ) -> Result<Calibration> {
         let model = &self.loaded.model;
         fitness.validate_for(model.vocab_size())?;
-        let bar = progress::spinner("tokenizing calibration files", self.quiet);
-        let samples = section.windows(self.loaded.tokenizer()?)?;
-        bar.finish_and_clear();
+        let samples = self.calibration_windows(section, keep_in)?;
         let kind = fitness.kind();
         let positions: usize = samples.iter().map(|s| s.len() - 1).sum();
         kind.check_target_memory(
@@ -62,6 +68,68 @@ impl<'d> Session<'d> {
         })?;
         bar.finish_and_clear();
         Ok(cal)
+    }
+
+    /// The windows cut from the calibration files with the generated ones spread among them.
+    /// Generated windows are written to `keep_in/GENERATED_FILE` (tokens and text) and read
+    /// back by a later run with the same settings, so a resumed run scores the same tokens
+    /// without writing them again.
+    pub fn calibration_windows(
+        &self,
+        section: &CalibrationSection,
+        keep_in: Option<&Path>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let tokenizer = self.loaded.tokenizer()?;
+        let bar = progress::spinner("tokenizing calibration files", self.quiet);
+        let files = section.file_windows(tokenizer)?;
+        bar.finish_and_clear();
+        if section.generated == 0 {
+            return Ok(files);
+        }
+        let settings = GeneratedSettings {
+            model: self.model_name.clone(),
+            generation: section.generation(),
+        };
+        let kept = keep_in.map(|dir| dir.join(GENERATED_FILE));
+        if let Some(found) = kept
+            .as_deref()
+            .and_then(|p| GeneratedFile::read(p, &settings))
+        {
+            return Ok(self_text::interleave(files, found.tokens));
+        }
+        let model = &self.loaded.model;
+        let bos = model.config.bos_token_id.ok_or_else(|| {
+            Error::Invalid(format!(
+                "calibration.generated = {}: the model names no BOS token to start from",
+                section.generated
+            ))
+        })?;
+        let g = section.generation();
+        let bar = progress::bar(
+            g.windows * g.seq_len,
+            "writing calibration text",
+            self.quiet,
+        );
+        let tokens =
+            self_text::generate_windows(model, self.dev, bos, g, |n| bar.set_position(n as u64))?;
+        bar.finish_and_clear();
+        if let Some(path) = kept {
+            let text = (tokens.iter())
+                .map(|t| tokenizer.decode(t))
+                .collect::<Result<_>>()?;
+            let file = GeneratedFile {
+                settings,
+                tokens: tokens.clone(),
+                text,
+            };
+            let json = serde_json::to_vec_pretty(&file)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            write_atomically(&path, &json)?;
+        }
+        Ok(self_text::interleave(files, tokens))
     }
 
     /// The held-out windows of `eval`, tokenized once.
@@ -103,6 +171,37 @@ impl<'d> Session<'d> {
     }
 }
 
+/// Where a run keeps the calibration windows its model wrote.
+pub const GENERATED_FILE: &str = "generated-calibration.json";
+
+/// What determines the generated windows: a file written under other settings is not reused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct GeneratedSettings {
+    model: String,
+    generation: Generation,
+}
+
+/// The generated windows as ids (what is reused) and as text (for a person to read).
+#[derive(Serialize, Deserialize)]
+struct GeneratedFile {
+    #[serde(flatten)]
+    settings: GeneratedSettings,
+    tokens: Vec<Vec<u32>>,
+    text: Vec<String>,
+}
+
+impl GeneratedFile {
+    /// The file at `path` when it was written under `settings`; anything else (no file, other
+    /// settings, a damaged file) means writing the windows again.
+    fn read(path: &Path, settings: &GeneratedSettings) -> Option<GeneratedFile> {
+        let file: GeneratedFile = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let g = &settings.generation;
+        let whole =
+            file.tokens.len() == g.windows && file.tokens.iter().all(|t| t.len() == g.seq_len);
+        (file.settings == *settings && whole).then_some(file)
+    }
+}
+
 /// What `[model] weights` means for the file at `path` (an HF directory ignores it).
 fn gguf_weights(path: &Path, choice: ModelWeights) -> Result<GgufWeights> {
     Ok(match choice {
@@ -118,6 +217,19 @@ fn gguf_weights(path: &Path, choice: ModelWeights) -> Result<GgufWeights> {
             }
         }
     })
+}
+
+/// `path`'s file name and size (a directory's name alone): enough to tell models apart
+/// without hashing gigabytes.
+fn model_identity(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => format!("{name} ({} bytes)", m.len()),
+        _ => name,
+    }
 }
 
 /// `MemAvailable` of `/proc/meminfo` in bytes; `None` where there is no such file.

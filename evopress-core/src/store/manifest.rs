@@ -82,6 +82,16 @@ pub struct CalibrationInfo {
     pub sampling: crate::data::Sampling,
     pub seed: u64,
     pub tokens: usize,
+    /// Windows the dense model wrote (docs/calibration.md) and their temperature; left out
+    /// when there are none, so headers of stores built before them still match.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generated: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl CalibrationInfo {
