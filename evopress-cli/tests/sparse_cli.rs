@@ -30,6 +30,7 @@ files = ["assets/sotu/1790_*.txt"]
 seq_len = 64
 windows = 2
 sampling = "sequential"
+generated = 1
 [database]
 kind = "sparsegpt"
 dir = "{db}"
@@ -52,6 +53,10 @@ num_levels = 1
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(db.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["blocks_done"], serde_json::json!([0, 1]));
+    // The window the model wrote is kept in the store and recorded in its header, so the
+    // resumed build below sees the same calibration.
+    assert!(db.join("generated-calibration.json").exists());
+    assert_eq!(manifest["calibration"]["generated"], 1);
     let out = ok(&["build-db", "--config", &cfg, "--quiet"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("28 blocks built this run"), "{text}");

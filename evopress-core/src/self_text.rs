@@ -16,6 +16,10 @@ use evopress_kernels::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The file a run keeps its generated windows in, in its output directory (or a database
+/// build in its store), so a resumed run scores the same tokens.
+pub const KEPT_FILE: &str = "generated-calibration.json";
+
 /// How many windows to write and how.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Generation {

@@ -71,7 +71,7 @@ impl<'d> Session<'d> {
     }
 
     /// The windows cut from the calibration files with the generated ones spread among them.
-    /// Generated windows are written to `keep_in/GENERATED_FILE` (tokens and text) and read
+    /// Generated windows are written to `keep_in/`[`self_text::KEPT_FILE`] (tokens and text) and read
     /// back by a later run with the same settings, so a resumed run scores the same tokens
     /// without writing them again.
     pub fn calibration_windows(
@@ -90,7 +90,7 @@ impl<'d> Session<'d> {
             model: self.model_name.clone(),
             generation: section.generation(),
         };
-        let kept = keep_in.map(|dir| dir.join(GENERATED_FILE));
+        let kept = keep_in.map(|dir| dir.join(self_text::KEPT_FILE));
         if let Some(found) = kept
             .as_deref()
             .and_then(|p| GeneratedFile::read(p, &settings))
@@ -170,9 +170,6 @@ impl<'d> Session<'d> {
         Ok(score)
     }
 }
-
-/// Where a run keeps the calibration windows its model wrote.
-pub const GENERATED_FILE: &str = "generated-calibration.json";
 
 /// What determines the generated windows: a file written under other settings is not reused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -62,8 +62,12 @@ impl StoreWriter {
             }
         } else {
             let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-            // The build's own lock file (fsutil::DirLock) may already be there.
-            let foreign = |e: &std::fs::DirEntry| !is_tmp(&e.path()) && e.file_name() != ".lock";
+            // The build's own lock file (fsutil::DirLock) and generated calibration windows
+            // may already be there.
+            let own = [".lock", crate::self_text::KEPT_FILE];
+            let foreign = |e: &std::fs::DirEntry| {
+                !is_tmp(&e.path()) && !own.iter().any(|n| e.file_name() == *n)
+            };
             if let Some(other) = entries.flatten().find(foreign) {
                 return Err(Error::Invalid(format!(
                     "{}: the directory is not a variant store (it holds {} but no {MANIFEST}); \
