@@ -521,3 +521,45 @@ fn calibration_without_windows_or_files_is_refused() {
         assert!(err.contains(key), "{calibration}: {err}");
     }
 }
+
+/// `generate` is greedy by default and at `--temperature 0`; sampling at a temperature is
+/// the same for the same seed.
+#[test]
+fn generate_greedy_and_sampled() {
+    let m = model().display().to_string();
+    let ids = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "12",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["new_ids"].clone()
+    };
+    let greedy = ids(&[]);
+    assert_eq!(ids(&["--temperature", "0"]), greedy);
+    let sampled = ids(&["--temperature", "1.0", "--seed", "3"]);
+    assert_eq!(ids(&["--temperature", "1.0", "--seed", "3"]), sampled);
+    assert_ne!(sampled, greedy);
+    let err = fails(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "x",
+        "--temperature=-1",
+    ]);
+    assert!(err.contains("--temperature"), "{err}");
+}

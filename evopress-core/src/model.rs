@@ -803,6 +803,22 @@ impl Model {
         stop: Option<u32>,
         plan: &[BlockPlan],
     ) -> Result<Vec<u32>> {
+        self.generate_with(dev, prompt, max_tokens, stop, plan, |logits| {
+            Ok(argmax(logits) as u32)
+        })
+    }
+
+    /// Decoding with `pick` choosing each new id from the last position's logits (greedy,
+    /// or sampled: `self_text::sample`).
+    pub fn generate_with<D: Device + ?Sized>(
+        &self,
+        dev: &D,
+        prompt: &[u32],
+        max_tokens: usize,
+        stop: Option<u32>,
+        plan: &[BlockPlan],
+        mut pick: impl FnMut(&[f32]) -> Result<u32>,
+    ) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(Error::Invalid("the prompt encodes to no tokens".into()));
         }
@@ -810,7 +826,7 @@ impl Model {
         let mut logits = self.step(dev, prompt, &mut cache, plan)?;
         let mut out = Vec::with_capacity(max_tokens);
         for _ in 0..max_tokens {
-            let next = argmax(&logits) as u32;
+            let next = pick(&logits)?;
             out.push(next);
             if Some(next) == stop || out.len() == max_tokens {
                 break;
