@@ -87,6 +87,17 @@ pub fn run(a: Args, dev: &dyn Device) -> Result<()> {
                 b.held_out_kl.unwrap_or(f64::NAN)
             );
         }
+        // With seeded starts the final tournament holds the cheap baselines, so the search is
+        // no worse than them on the calibration tokens: losing on held-out text then means the
+        // two texts differ (docs/calibration.md).
+        if (r.baselines.iter()).any(|b| !b.same_as_search && b.search_beats == Some(false)) {
+            println!(
+                "note: a baseline beats the search on the held-out text. The search fits its \
+                 calibration text, so the held-out text is likely unlike it: calibrate on text \
+                 like the one the model will see or, when that is unknown, on text the model \
+                 writes itself (`[calibration] windows = 0, generated = 24`; docs/calibration.md)"
+            );
+        }
     }
     println!("results in {}", outcome.out.display());
     Ok(())
