@@ -515,6 +515,10 @@ fn calibration_without_windows_or_files_is_refused() {
             "seq_len = 64\nwindows = 0\ngenerated = 2\ntemperature = -1.0\n",
             "calibration.temperature",
         ),
+        (
+            "files = [\"assets/sotu/17*.txt\"]\nseq_len = 64\nwindows = 0\ngenerated = 2\n",
+            "cuts no window from them",
+        ),
     ] {
         let cfg = tiny_config_calibrated_on(dir.path(), calibration);
         let err = fails(&["search", "--quiet", "--config", cfg.to_str().unwrap()]);

@@ -287,6 +287,15 @@ impl CalibrationSection {
                 "must be at least 1 (or `generated` must be)",
             ));
         }
+        if self.windows == 0 && !self.files.is_empty() {
+            // A config switched to generated text alone must not look as if it still used
+            // the files it lists.
+            return Err(invalid(
+                &format!("{key}.files"),
+                "lists files, but `windows = 0` cuts no window from them: set `windows` to \
+                 use them, or remove `files` to calibrate on generated text alone",
+            ));
+        }
         if self.windows > 0 {
             expand_files(&self.files, &format!("{key}.files")).map_err(|e| {
                 Error::Invalid(format!(
